@@ -1,0 +1,484 @@
+"""python -m bench: fakeai vs FakeAI 0.3.2 (PyPI), side by side.
+
+Each server runs pinned to one core (taskset -c <cpu0>), wrk runs with one
+thread pinned to another (taskset -c <cpu1> wrk -t1 ...).  Same requests
+(bench/wrk/*.lua) for both.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import peer as peer_mod
+from .probe import check_chat, check_models, check_stream
+from .servers import Server, free_port
+from .wrkrun import find_wrk, run_wrk, wrk_version
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+
+TARGETS = {"chat_rps": 30.0, "sse_tokens_per_s": 20.0}
+LABEL = {"ours": "fakeai", "peer": f"FakeAI {peer_mod.PEER_VERSION}"}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def ours_argv(port: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fakeai",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ttft-ms",
+        "0",
+        "--itl-ms",
+        "0",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
+def ours_precheck() -> tuple[bool, str]:
+    """Is `python -m fakeai server` runnable at all (from the repo root)?"""
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "fakeai", "server", "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "`python -m fakeai server --help` did not finish in 60 s"
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
+        return False, (
+            f"`python -m fakeai server --help` exited {p.returncode}:\n    "
+            + "\n    ".join(tail)
+        )
+    return True, "ok"
+
+
+# ---------------------------------------------------------------------------
+
+
+def measure(srv: Server, wrk: str, script: str, path: str, conns: int, args, cpu):
+    """Warm up, then measure one wrk run; adds server CPU use."""
+    url = srv.base_url + path
+    if args.warmup > 0:
+        run_wrk(wrk, url, script, conns, args.warmup, cpu=cpu)
+    c0 = srv.cpu_seconds()
+    t0 = time.monotonic()
+    r = run_wrk(wrk, url, script, conns, args.duration, cpu=cpu)
+    wall = time.monotonic() - t0
+    c1 = srv.cpu_seconds()
+    d = r.to_dict()
+    d["server_cpu_pct"] = 100.0 * (c1 - c0) / (r.duration_s or wall)
+    d["server_alive"] = srv.alive()
+    return d
+
+
+def best(runs: list[dict]) -> dict | None:
+    ok = [r for r in runs if not r.get("error")]
+    return max(ok, key=lambda r: r["ok_rps"]) if ok else None
+
+
+def run_target(name: str, argv, env, args, wrk, cpus) -> dict:
+    server_cpu, load_cpu = cpus
+    port = free_port()
+    argv = argv(port)
+    srv = Server(
+        name,
+        argv,
+        port,
+        env=env,
+        cwd=str(REPO),
+        cpu=server_cpu,
+        log_path=RESULTS / f"{name}-server.log",
+    )
+    out: dict = {
+        "label": LABEL[name],
+        "command": shlex.join(srv.argv),
+        "env": env or {},
+        "server_log": str(srv.log_path),
+    }
+    log(f"\n== {LABEL[name]}: {out['command']}")
+    t_start = time.monotonic()
+    srv.start()
+    try:
+        ok, why = srv.wait_healthy(args.health_timeout)
+        if not ok:
+            out["error"] = f"did not come up: {why}"
+            out["log_tail"] = srv.log_tail()
+            log(f"   FAILED: {out['error']}\n   log tail:\n" + _indent(out["log_tail"]))
+            return out
+        out["startup_s"] = round(time.monotonic() - t_start, 2)
+        out["rss_idle_kb"] = srv.rss_kb()
+        log(f"   healthy after {out['startup_s']} s, RSS {out['rss_idle_kb'] / 1024:.1f} MB")
+
+        # -- sanity checks (same bytes as the wrk scripts) -------------------
+        chk = {
+            "chat": check_chat(port),
+            "sse": check_stream(port, args.sse_samples if name == "peer" else 3),
+            "models": check_models(port),
+        }
+        out["checks"] = chk
+        c, s, m = chk["chat"], chk["sse"], chk["models"]
+        log(
+            f"   check chat: status {c.get('status')}, completion_tokens "
+            f"{c.get('completion_tokens')}, content {c.get('content', '')[:60]!r}"
+            + (f"  ERROR {c['error']}" if c.get("error") else "")
+        )
+        if s.get("n"):
+            log(
+                f"   check sse : {s['n']} streams, content chunks/stream mean "
+                f"{s['content_chunks_mean']:.1f} (min {s['content_chunks_min']}, "
+                f"max {s['content_chunks_max']}), [DONE] in all: {s['all_done']}, "
+                f"finish_reason {s['finish_reasons']}"
+            )
+        else:
+            log(f"   check sse : ERROR {s.get('error')}")
+        log(
+            f"   check models: status {m.get('status')}, {m.get('models')} models, "
+            f"{m.get('bytes')} bytes" + (f"  ERROR {m['error']}" if m.get("error") else "")
+        )
+
+        # -- load ------------------------------------------------------------
+        runs: dict[str, list[dict]] = {"chat": [], "sse": [], "models": []}
+        plan = [("chat", "/v1/chat/completions", c) for c in args.connections]
+        plan += [("sse", "/v1/chat/completions", args.streams)]
+        plan += [("models", "/v1/models", c) for c in args.connections]
+        for script, path, conns in plan:
+            if not srv.alive():
+                out["error"] = f"server died (exit {srv.proc.returncode})"
+                out["log_tail"] = srv.log_tail()
+                log(f"   {out['error']}\n" + _indent(out["log_tail"]))
+                break
+            r = measure(srv, wrk, script, path, conns, args, load_cpu)
+            runs[script].append(r)
+            if r.get("error"):
+                log(f"   {script:6} c={conns:<4} ERROR {r['error']}")
+                continue
+            errs = _errors(r)
+            log(
+                f"   {script:6} c={conns:<4} {r['ok_rps']:>10,.0f} ok req/s  "
+                f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                f"server CPU {r['server_cpu_pct']:3.0f}%  wrk CPU {r['wrk_cpu_pct']:3.0f}%"
+                + (f"  !! {errs}" if errs else "")
+            )
+        out["runs"] = runs
+        out["rss_kb"] = srv.rss_kb()
+        out["rss_peak_kb"] = srv.hwm_kb()
+        out["alive_at_end"] = srv.alive()
+
+        # -- figures ---------------------------------------------------------
+        fig: dict = {}
+        bc = best(runs["chat"])
+        if bc:
+            fig.update(
+                chat_rps=bc["ok_rps"],
+                chat_p50_ms=bc["p50_ms"],
+                chat_p99_ms=bc["p99_ms"],
+                chat_connections=bc["connections"],
+                chat_errors=_errcount(bc),
+            )
+        bs = best(runs["sse"])
+        if bs and s.get("n"):
+            per = s["content_chunks_mean"]
+            fig.update(
+                sse_streams_per_s=bs["ok_rps"],
+                sse_tokens_per_stream=per,
+                sse_tokens_per_s=bs["ok_rps"] * per,
+                sse_p50_ms=bs["p50_ms"],
+                sse_p99_ms=bs["p99_ms"],
+                sse_errors=_errcount(bs),
+            )
+        bm = best(runs["models"])
+        if bm:
+            fig.update(
+                models_rps=bm["ok_rps"],
+                models_connections=bm["connections"],
+                models_errors=_errcount(bm),
+            )
+        fig["rss_mb"] = out["rss_kb"] / 1024
+        fig["rss_peak_mb"] = out["rss_peak_kb"] / 1024
+        out["figures"] = fig
+        return out
+    finally:
+        srv.stop()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("      " + ln for ln in text.splitlines())
+
+
+def _errcount(r: dict) -> int:
+    return r["err_status"] + r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
+
+
+def _errors(r: dict) -> str:
+    parts = []
+    if r["err_status"]:
+        parts.append(f"{r['err_status']} non-2xx responses")
+    for k in ("connect", "read", "write", "timeout"):
+        if r[f"err_{k}"]:
+            parts.append(f"{r[f'err_{k}']} socket {k} errors")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+
+ROWS = [
+    # key, label, format, higher_is_better
+    ("chat_rps", "chat req/s (2xx only)", "{:,.0f}", True),
+    ("chat_p50_ms", "chat p50 latency ms", "{:.2f}", False),
+    ("chat_p99_ms", "chat p99 latency ms", "{:.2f}", False),
+    ("sse_tokens_per_s", "SSE tokens/s", "{:,.0f}", True),
+    ("sse_streams_per_s", "SSE streams/s", "{:,.1f}", True),
+    ("sse_tokens_per_stream", "SSE content chunks/stream", "{:.1f}", None),
+    ("sse_p50_ms", "SSE stream p50 ms", "{:.1f}", False),
+    ("models_rps", "GET /v1/models req/s", "{:,.0f}", True),
+    ("rss_mb", "server RSS after run MB", "{:.1f}", False),
+    ("rss_peak_mb", "server peak RSS MB", "{:.1f}", False),
+]
+
+
+def table(results: dict) -> tuple[str, list[dict]]:
+    fo = (results.get("ours") or {}).get("figures") or {}
+    fp = (results.get("peer") or {}).get("figures") or {}
+    rows, out = [], []
+    for key, label, fmt, hib in ROWS:
+        a, b = fo.get(key), fp.get(key)
+        ratio = None
+        if a and b and hib is not None:
+            ratio = a / b if hib else b / a
+        rows.append(
+            [
+                label,
+                fmt.format(a) if a is not None else "-",
+                fmt.format(b) if b is not None else "-",
+                f"{ratio:,.1f}x" if ratio is not None else "-",
+            ]
+        )
+        out.append({"figure": key, "label": label, "fakeai": a, "peer": b, "fakeai_advantage": ratio})
+    head = ["figure", LABEL["ours"], LABEL["peer"], "ratio (fakeai better by)"]
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    lines = [
+        "  ".join(h.ljust(w[i]) if i == 0 else h.rjust(w[i]) for i, h in enumerate(head)),
+        "  ".join("-" * x for x in w),
+    ]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
+    return "\n".join(lines), out
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("model name"):
+                model = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = None
+    try:  # read-only peek at the checked-out commit (no git command run)
+        head = (REPO / ".git" / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = REPO / ".git" / head[5:]
+            commit = ref.read_text().strip() if ref.exists() else head[5:]
+        else:
+            commit = head
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpus_online": os.cpu_count(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "repo_commit": commit,
+    }
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Side-by-side speed benchmark: fakeai vs FakeAI 0.3.2 (PyPI).",
+    )
+    ap.add_argument("--only", choices=["ours", "peer"], help="benchmark only one server")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured run (default 8)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each run (default 2; 0 = none)")
+    ap.add_argument(
+        "--connections",
+        default="64",
+        help="wrk connections for chat and /v1/models; a comma list (e.g. 16,64,256) "
+        "runs each and keeps each server's best (default 64)",
+    )
+    ap.add_argument("--streams", type=int, default=32, help="concurrent SSE streams (default 32)")
+    ap.add_argument("--sse-samples", type=int, default=40, help="peer streams sampled to count its real tokens/stream (default 40)")
+    ap.add_argument("--skip-peer-install", action="store_true", help="never create/install the peer venv; skip the peer if it is missing")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin server/wrk to separate cores")
+    ap.add_argument("--health-timeout", type=float, default=60.0, help="seconds to wait for /health (default 60)")
+    ap.add_argument("--ours-args", default="", help="extra arguments appended to our server command line (shell-quoted string)")
+    ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where to write the results (default bench/results/latest.json)")
+    a = ap.parse_args(argv)
+    try:
+        a.connections = [int(x) for x in str(a.connections).split(",") if x.strip()]
+        assert a.connections and all(c >= 1 for c in a.connections)
+    except (ValueError, AssertionError):
+        ap.error("--connections takes a positive integer or a comma list of them")
+    if a.duration < 1:
+        ap.error("--duration must be >= 1 s (wrk's resolution)")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    wrk = find_wrk()
+    if not wrk:
+        log(
+            "ERROR: wrk (the HTTP load generator) is not installed.\n"
+            "       Install it with:  apt-get install wrk\n"
+            "       (Debian/Ubuntu; on other systems build it from https://github.com/wg/wrk)"
+        )
+        return 2
+
+    # -- cores ---------------------------------------------------------------
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus: tuple[int | None, int | None] = (None, None)
+    pin_note = ""
+    if args.no_pin:
+        pin_note = "pinning disabled (--no-pin): results are noisier"
+    elif not shutil.which("taskset"):
+        pin_note = (
+            "taskset not found: running unpinned (install it with: apt-get install util-linux)"
+        )
+    elif len(allowed) < 2:
+        pin_note = "only one CPU available: server and wrk share it, results are not comparable to 2-core runs"
+    else:
+        cpus = (allowed[0], allowed[1])
+        pin_note = f"server on CPU {cpus[0]}, wrk (-t1) on CPU {cpus[1]}"
+    log(f"wrk: {wrk_version(wrk)}; {pin_note}")
+    if cpus == (None, None):
+        log("WARNING: " + pin_note)
+
+    targets = ["ours", "peer"] if not args.only else [args.only]
+    results: dict = {}
+    skipped: dict = {}
+
+    if "ours" in targets:
+        ok, why = ours_precheck()
+        if not ok:
+            skipped["ours"] = f"our server is not runnable yet: {why}"
+            log(f"\n== {LABEL['ours']}: SKIPPED, {skipped['ours']}")
+    if "peer" in targets:
+        ok, why = peer_mod.ensure_peer(args.skip_peer_install, log=log)
+        log(f"peer: {why}")
+        if not ok:
+            skipped["peer"] = why
+
+    extra = shlex.split(args.ours_args)
+    for name in targets:
+        if name in skipped:
+            continue
+        if name == "ours":
+            results[name] = run_target(
+                "ours", lambda p: ours_argv(p, extra), None, args, wrk, cpus
+            )
+        else:
+            results[name] = run_target(
+                "peer", peer_mod.peer_argv, peer_mod.PEER_ENV, args, wrk, cpus
+            )
+        if results[name].get("error"):
+            skipped.setdefault(name, results[name]["error"])
+
+    # -- report --------------------------------------------------------------
+    text, rows = table(results)
+    log("\n" + text)
+    verdicts = {}
+    fo = (results.get("ours") or {}).get("figures") or {}
+    fp = (results.get("peer") or {}).get("figures") or {}
+    for key, target in TARGETS.items():
+        if fo.get(key) and fp.get(key):
+            ratio = fo[key] / fp[key]
+            verdicts[key] = {"ratio": ratio, "target": target, "pass": ratio >= target}
+            log(
+                f"target {key}: {ratio:,.1f}x vs >= {target:.0f}x  "
+                + ("PASS" if ratio >= target else "FAIL")
+            )
+    for name, res in results.items():
+        for kind, lst in (res.get("runs") or {}).items():
+            for r in lst:
+                if r.get("error"):
+                    continue
+                e = _errors(r)
+                if e:
+                    log(f"NOTE {LABEL[name]} {kind} c={r['connections']}: {e} (excluded from req/s)")
+                if r["server_cpu_pct"] < 85 and r["wrk_cpu_pct"] > 90:
+                    log(
+                        f"NOTE {LABEL[name]} {kind} c={r['connections']}: server CPU "
+                        f"{r['server_cpu_pct']:.0f}% < wrk CPU {r['wrk_cpu_pct']:.0f}%: "
+                        "load-generator bound, the figure is a lower bound"
+                    )
+    for name, why in skipped.items():
+        log(f"NOTE {LABEL[name]}: {why}")
+    pf = fp.get("sse_tokens_per_stream")
+    if pf is not None and abs(pf - 256) > 0.5:
+        log(
+            f"NOTE {LABEL['peer']} streams {pf:.1f} content chunks per response instead of 256 "
+            "(ignores ignore_eos); its SSE tokens/s uses that real count"
+        )
+    of = fo.get("sse_tokens_per_stream")
+    if of is not None and abs(of - 256) > 0.5:
+        log(f"NOTE {LABEL['ours']} streams {of:.1f} content chunks per response, expected 256")
+
+    doc = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "wrk": wrk_version(wrk),
+        "pinning": {"server_cpu": cpus[0], "wrk_cpu": cpus[1], "note": pin_note},
+        "config": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "connections": args.connections,
+            "sse_streams": args.streams,
+            "wrk_threads": 1,
+            "only": args.only,
+        },
+        "servers": results,
+        "skipped": skipped,
+        "table": rows,
+        "targets": verdicts,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2, default=str))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.json.resolve() == (RESULTS / "latest.json").resolve():
+        (RESULTS / f"run-{stamp}.json").write_text(json.dumps(doc, indent=2, default=str))
+    log(f"\nresults written to {args.json}")
+    return 0 if results and not any(r.get("error") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""fakeai.api: see the modules' opening comments."""

@@ -1,0 +1,222 @@
+"""What chat and completions share: field validation in OpenAI's words, length rules, usage, ids.
+
+Strategy: validators are plain functions over the parsed body that return
+the value or raise ApiError(400) with `param` set, phrased as OpenAI phrases
+them ("Invalid type for 'n': expected an integer, but got a string
+instead."). Unknown fields are ignored, as vLLM does. `plan_lengths` turns
+max_tokens / min_tokens / ignore_eos / stop into per-choice token slices of
+the shared text stream, so both endpoints agree on every length rule.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+import zlib
+
+import orjson
+
+from fakeai.engine.generation import Deferred, now_ns
+from fakeai.engine.textgen import apply_stop
+from fakeai.server.response import JSON, ApiError, Response
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def _got(v) -> str:
+    return _TYPE_NAMES.get(type(v), "a value")
+
+
+def type_error(name, expected, value) -> ApiError:
+    return ApiError(400, f"Invalid type for '{name}': expected {expected}, but got {_got(value)} instead.",
+                    param=name, code="invalid_type")
+
+
+def get_int(body, name, lo=None, hi=None, default=None):
+    v = body.get(name)
+    if v is None:
+        return default
+    if type(v) is not int:  # bool is not an int here
+        if type(v) is float and v.is_integer():
+            v = int(v)
+        else:
+            raise type_error(name, "an integer", v)
+    if lo is not None and v < lo:
+        raise ApiError(400, f"Invalid '{name}': integer below minimum value. Expected a value >= {lo}, but got "
+                            f"{v} instead.", param=name, code="integer_below_min_value")
+    if hi is not None and v > hi:
+        raise ApiError(400, f"Invalid '{name}': integer above maximum value. Expected a value <= {hi}, but got "
+                            f"{v} instead.", param=name, code="integer_above_max_value")
+    return v
+
+
+def get_float(body, name, lo=None, hi=None, default=None):
+    v = body.get(name)
+    if v is None:
+        return default
+    if type(v) not in (int, float):
+        raise type_error(name, "a decimal", v)
+    if lo is not None and v < lo:
+        raise ApiError(400, f"Invalid '{name}': decimal below minimum value. Expected a value >= {lo}, but got "
+                            f"{v} instead.", param=name, code="decimal_below_min_value")
+    if hi is not None and v > hi:
+        raise ApiError(400, f"Invalid '{name}': decimal above maximum value. Expected a value <= {hi}, but got "
+                            f"{v} instead.", param=name, code="decimal_above_max_value")
+    return v
+
+
+def get_bool(body, name, default=False):
+    v = body.get(name)
+    if v is None:
+        return default
+    if type(v) is not bool:
+        raise type_error(name, "a boolean", v)
+    return v
+
+
+def get_str(body, name, default=None, required=False):
+    v = body.get(name)
+    if v is None:
+        if required:
+            raise ApiError(400, f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+        return default
+    if type(v) is not str:
+        raise type_error(name, "a string", v)
+    return v
+
+
+def get_obj(body, name):
+    v = body.get(name)
+    if v is not None and type(v) is not dict:
+        raise type_error(name, "an object", v)
+    return v
+
+
+def get_stop(body):
+    v = body.get("stop")
+    if v is None:
+        return None
+    if type(v) is str:
+        return [v] if v else None
+    if type(v) is list and all(type(s) is str for s in v):
+        if len(v) > 4:
+            raise ApiError(400, f"Invalid 'stop': array too long. Expected an array with maximum length 4, but got "
+                                f"an array with length {len(v)} instead.", param="stop", code="array_above_max_length")
+        return [s for s in v if s] or None
+    raise ApiError(400, "Invalid type for 'stop': expected a string or an array of strings, but got "
+                        f"{_got(v)} instead.", param="stop", code="invalid_type")
+
+
+def common_sampling(body):
+    """Validate the sampling fields we accept but which do not change the simulation."""
+    get_float(body, "temperature", 0, 2)
+    get_float(body, "top_p", 0, 1)
+    get_float(body, "frequency_penalty", -2, 2)
+    get_float(body, "presence_penalty", -2, 2)
+    get_obj(body, "logit_bias")
+    get_str(body, "user")
+
+
+def stream_flags(body, stream):
+    """-> (include_usage, continuous_usage)"""
+    opts = body.get("stream_options")
+    if opts is None:
+        return False, False
+    if type(opts) is not dict:
+        raise type_error("stream_options", "an object", opts)
+    if not stream:
+        raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                       param="stream_options", code="invalid_value")
+    return get_bool(opts, "include_usage"), get_bool(opts, "continuous_usage_stats")
+
+
+def resolve_model(app, body):
+    name = get_str(body, "model", required=True)
+    if not name:
+        raise ApiError(400, "Invalid 'model': empty string.", param="model", code="invalid_value")
+    return name, app.catalog.get_or_create(name)
+
+
+def make_rng(seed, salt: bytes):
+    """Seeded: identical request + seed -> identical output. Unseeded: the shared fast generator."""
+    if seed is None:
+        return random
+    return random.Random((seed << 32) ^ zlib.crc32(salt))
+
+
+def plan_lengths(app, info, body, prompt_tokens, n_choices, rng, param="messages"):
+    """Per-choice (pieces, finish_reason) honouring max/min tokens, ignore_eos, stop, context window."""
+    max_tokens = get_int(body, "max_completion_tokens", 1) if body.get("max_completion_tokens") is not None \
+        else get_int(body, "max_tokens", 1)
+    min_tokens = get_int(body, "min_tokens", 0, default=0)
+    ignore_eos = get_bool(body, "ignore_eos")
+    stop = get_stop(body)
+    cfg = app.config
+    room = info.context_window - prompt_tokens
+    if cfg.enable_context_validation:
+        wanted = prompt_tokens + (max_tokens or 0)
+        if room <= 0 or (max_tokens is not None and wanted > info.context_window):
+            raise ApiError(400, f"This model's maximum context length is {info.context_window} tokens. However, "
+                                f"you requested {wanted} tokens ({prompt_tokens} in the {param}, "
+                                f"{max_tokens or 0} in the completion). Please reduce the length of the "
+                                f"{param} or completion.", param=param, code="context_length_exceeded")
+    cap = max_tokens if max_tokens is not None else max(1, min(info.max_output_tokens, room))
+    if min_tokens and min_tokens > cap:
+        raise ApiError(400, f"min_tokens ({min_tokens}) must be less than or equal to max_tokens ({cap}).",
+                       param="min_tokens", code="invalid_value")
+    gen = app.textgen
+    out = []
+    for _ in range(n_choices):
+        start, n, finish = gen.plan(rng, cap, min_tokens, ignore_eos, cfg.completion_length_mean,
+                                    cfg.completion_length_stddev)
+        pieces = gen.pieces(start, n)
+        if stop and not ignore_eos:
+            cut = apply_stop(pieces, stop)
+            if cut is not None and len(cut) >= min_tokens:
+                pieces, finish = cut, "stop"
+        out.append((start, pieces, finish))
+    return out
+
+
+def usage(prompt_tokens, completion_tokens, cached=0, audio_in=0):
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio_in},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+
+
+_ID_PREFIX = os.urandom(4).hex()
+_id_counter = 0
+
+
+def new_id(prefix: str) -> str:
+    global _id_counter
+    _id_counter += 1
+    return f"{prefix}-{_ID_PREFIX}{_id_counter:016x}"
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def fake_logprob(rng, piece: str) -> float:
+    """A plausible, deterministic-under-seed log probability for a chosen token."""
+    return -round(rng.random() ** 3 * 2.5 + 0.0001, 6)
+
+
+def respond(app, req, payload, choices):
+    """A whole (non-stream) answer, sent when its last token would have been: at once if that has passed."""
+    resp = Response(200, orjson.dumps(payload), JSON)
+    latency = app.latency
+    if latency.instant:
+        return resp
+    steps = max((len(p) for _, p, _ in choices), default=0)
+    deadline = latency.last_token_ns(req.t0_ns + latency.first_token_ns(), steps)
+    if deadline <= now_ns():
+        return resp
+    return Deferred(req, resp, deadline)

@@ -1,0 +1,25 @@
+"""The application: config + engine state + the route table, built once at start-up.
+
+Each OpenAI resource is a module in fakeai/api/ with a `register(app)` that
+adds its routes; handlers reach shared engine state through `app`.
+"""
+from __future__ import annotations
+
+from fakeai.api import chat, completions, health, models
+from fakeai.engine.catalog import Catalog
+from fakeai.engine.generation import LatencyModel
+from fakeai.engine.textgen import TextGen
+from fakeai.engine.tokenizer import Tokenizer
+from fakeai.server.router import Router
+
+
+class App:
+    def __init__(self, config, tokenizer: Tokenizer | None = None):
+        self.config = config
+        self.router = Router()
+        self.catalog = Catalog()
+        self.tokenizer = tokenizer or Tokenizer(strict=config.strict_token_counting)
+        self.textgen = TextGen()
+        self.latency = LatencyModel(config)
+        for module in (health, models, chat, completions):
+            module.register(self)

@@ -1,0 +1,297 @@
+"""One AppConfig, four sources, one option table.
+
+Strategy: every option is declared once in OPTIONS (name, type, default, allowed
+range or choices, help). From that table we derive the AppConfig dataclass
+(slots), the `FAKEAI_<NAME>` environment names, the CLI flags and the
+config-file keys, so a name can never drift between them. Precedence, lowest
+to highest: defaults < config file (TOML, YAML or JSON, flat keys or the
+operations guide's sections) < environment < CLI flags actually given.
+Every value is validated here; a bad one raises ConfigError naming the
+option, the value and what is allowed, and the CLI exits with status 2
+before binding. Options are added as their behaviour lands: none is inert.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "FAKEAI_"
+
+
+class ConfigError(ValueError):
+    """A bad option value or config file: the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    type: str  # "bool" | "int" | "float" | "str" | "list" | "optint"
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+    flags: tuple[str, ...] = ()  # extra CLI spellings
+    group: str = "server"
+
+
+def _o(*args, **kw):
+    return Option(*args, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # --- server and transport
+    _o("host", "str", "127.0.0.1", "Address to bind."),
+    _o("port", "int", 8000, "TCP port to bind (0 picks a free one).", min=0, max=65535),
+    _o("debug", "bool", False, "Debug mode: log level debug and tracebacks in logs."),
+    _o("log_level", "str", "info", "Log level.", choices=("debug", "info", "warning", "error", "critical")),
+    _o("log_format", "str", "text", "Log line format.", choices=("text", "json")),
+    _o("access_log", "bool", True, "One access-log line per request."),
+    _o("max_request_size", "int", 10 * 1024 * 1024, "Largest request body in bytes (larger: 413).",
+       min=1024, max=1 << 34, group="limits"),
+    _o("max_header_size", "int", 65536, "Largest request head (request line + headers) in bytes (larger: 431).",
+       min=1024, max=1 << 24, group="limits"),
+    _o("keepalive_timeout", "float", 75.0, "Seconds an idle keep-alive connection is kept open.",
+       min=0.1, max=86400, group="limits"),
+    _o("header_read_timeout", "float", 30.0, "Seconds a client has to send a complete request head (slowloris guard).",
+       min=0.1, max=3600, group="limits"),
+    _o("max_connections", "int", 10000, "Open connections at most; beyond, new ones get 503 and are closed.",
+       min=1, max=10_000_000, group="limits"),
+    _o("backlog", "int", 2048, "Listen backlog.", min=1, max=65535),
+    _o("shutdown_timeout", "float", 10.0, "Seconds in-flight requests get to finish on SIGTERM/SIGINT.",
+       min=0, max=3600),
+    # --- timing
+    _o("ttft_ms", "float", 20.0, "Time to first token in milliseconds.", min=0, max=3_600_000,
+       flags=("--ttft",), group="timing"),
+    _o("itl_ms", "float", 5.0, "Inter-token latency in milliseconds.", min=0, max=3_600_000,
+       flags=("--itl",), group="timing"),
+    _o("ttft_variance_pct", "float", 10.0, "TTFT jitter, +/- percent of ttft_ms.", min=0, max=100, group="timing"),
+    _o("itl_variance_pct", "float", 10.0, "ITL jitter, +/- percent of itl_ms (per token, never accumulating).",
+       min=0, max=100, group="timing"),
+    _o("response_delay", "float", 0.0, "Extra base delay in seconds added before the first token.",
+       min=0, max=3600, group="timing"),
+    _o("random_delay", "bool", False, "Jitter response_delay by up to +/- max_variance.", group="timing"),
+    _o("max_variance", "float", 0.3, "Largest relative jitter of response_delay when random_delay is on.",
+       min=0, max=1, group="timing"),
+    # --- generation
+    _o("completion_length_mean", "int", 120, "Mean natural completion length in tokens when no limit stops it.",
+       min=1, max=100_000, group="generation"),
+    _o("completion_length_stddev", "int", 60, "Standard deviation of the natural completion length.",
+       min=0, max=100_000, group="generation"),
+    _o("enable_context_validation", "bool", True,
+       "Reject prompt + max tokens over the model's context window (400 context_length_exceeded).", group="generation"),
+    _o("strict_token_counting", "bool", False,
+       "Refuse to start unless tiktoken's real encodings load (no approximate fallback).", group="generation"),
+    # --- streaming
+    _o("stream_timeout_seconds", "float", 300.0, "A stream longer than this ends with an error event.",
+       min=0.001, max=86400, group="streaming"),
+    _o("stream_token_timeout_seconds", "float", 30.0, "A gap between tokens longer than this ends the stream with an error event.",
+       min=0.001, max=86400, group="streaming"),
+    _o("stream_keepalive_enabled", "bool", True, "Send ': keep-alive' SSE comments while no token is due.",
+       group="streaming"),
+    _o("stream_keepalive_interval_seconds", "float", 15.0, "Seconds between keep-alive comments.",
+       min=0.01, max=3600, group="streaming"),
+)
+
+OPTION_BY_NAME = {o.name: o for o in OPTIONS}
+
+# Config-file sections of the operations guide: section -> {key in file: option name}.
+# A key not listed is tried as-is, then as "<prefix>_<key>".
+SECTION_PREFIX = {
+    "server": "", "response": "response", "timing": "", "latency": "", "limits": "", "logging": "log",
+    "streaming": "stream", "generation": "", "context": "", "monitoring": "", "kv_cache": "kv_cache",
+    "rate_limiting": "rate_limit", "authentication": "", "security": "", "moderation": "", "audio": "",
+}
+SECTION_ALIASES = {("response", "delay"): "response_delay", ("kv_cache", "overlap_weight"): "kv_overlap_weight"}
+
+
+def _fields():
+    out = []
+    for o in OPTIONS:
+        default = o.default
+        if isinstance(default, list):
+            out.append((o.name, Any, field(default_factory=lambda d=default: list(d))))
+        else:
+            out.append((o.name, Any, field(default=default)))
+    return out
+
+
+def _post_init(self):
+    for o in OPTIONS:
+        object.__setattr__(self, o.name, coerce(o, getattr(self, o.name)))
+
+
+AppConfig = dataclasses.make_dataclass(
+    "AppConfig", _fields(), slots=True, namespace={"__post_init__": _post_init,
+                                                   "__module__": __name__,
+                                                   "__doc__": "The server's effective configuration (see OPTIONS)."})
+
+
+# --------------------------------------------------------------------------- values
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def _describe(o: Option) -> str:
+    if o.choices:
+        return "one of " + ", ".join(o.choices)
+    kind = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number", "str": "a string",
+            "list": "a list of strings", "optint": "an integer or nothing"}[o.type]
+    if o.min is not None and o.max is not None:
+        kind += f" from {o.min:g} to {o.max:g}"
+    elif o.min is not None:
+        kind += f" >= {o.min:g}"
+    return kind
+
+
+def _bad(o: Option, value) -> ConfigError:
+    return ConfigError(f"invalid value for option '{o.name}' ({ENV_PREFIX}{o.name.upper()}): {value!r}; "
+                       f"expected {_describe(o)}")
+
+
+def coerce(o: Option, value):
+    """Turn a raw value (typed or from a string source) into the option's type, or raise ConfigError."""
+    t = o.type
+    try:
+        if t == "bool":
+            if isinstance(value, bool):
+                v = value
+            elif isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                v = value.strip().lower() in _TRUE
+            elif isinstance(value, int) and value in (0, 1):
+                v = bool(value)
+            else:
+                raise ValueError
+        elif t in ("int", "optint"):
+            if t == "optint" and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))):
+                return None
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            v = int(value.strip()) if isinstance(value, str) else value
+            if not isinstance(v, int):
+                raise ValueError
+        elif t == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            v = float(value.strip()) if isinstance(value, str) else float(value)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError
+        elif t == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            v = value.strip()
+            if o.choices:
+                v = v.lower()
+        elif t == "list":
+            if isinstance(value, str):
+                s = value.strip()
+                if s.startswith("["):
+                    value = json.loads(s)
+                else:
+                    value = [p.strip() for p in s.split(",") if p.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+                raise ValueError
+            v = list(value)
+        else:  # pragma: no cover - table error
+            raise AssertionError(t)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise _bad(o, value) from None
+    if o.choices and v not in o.choices:
+        raise _bad(o, value)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if (o.min is not None and v < o.min) or (o.max is not None and v > o.max):
+            raise _bad(o, value)
+    return v
+
+
+# --------------------------------------------------------------------------- sources
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into {option: raw value}; unknown keys are errors."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(raw.decode("utf-8"))
+        elif ext in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(raw) or {}
+        elif ext == ".json":
+            data = json.loads(raw)
+        else:
+            raise ConfigError(f"config file {path!r}: unknown format {ext!r} (use .toml, .yaml, .yml or .json)")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"config file {path!r} does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r}: the top level must be a table/mapping")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in SECTION_PREFIX:
+            for sub, v in value.items():
+                out[_section_key(path, key, sub)] = v
+        else:
+            if key not in OPTION_BY_NAME:
+                raise ConfigError(f"config file {path!r}: unknown option {key!r}")
+            out[key] = value
+    return out
+
+
+def _section_key(path, section, key):
+    name = SECTION_ALIASES.get((section, key))
+    if name:
+        return name
+    prefix = SECTION_PREFIX[section]
+    for cand in (key, f"{prefix}_{key}" if prefix else key, f"{prefix}_enabled" if key == "enabled" and prefix else None):
+        if cand and cand in OPTION_BY_NAME:
+            return cand
+    raise ConfigError(f"config file {path!r}: unknown option {section}.{key}")
+
+
+def load_env(environ=None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for o in OPTIONS:
+        v = environ.get(ENV_PREFIX + o.name.upper())
+        if v is not None:
+            out[o.name] = v
+    return out
+
+
+def build(cli: dict[str, Any] | None = None, config_file: str | None = None, environ=None) -> AppConfig:
+    """defaults < file < environment < CLI flags actually given."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(load_file(path))
+    values.update(load_env(environ))
+    values.update(cli or {})
+    return AppConfig(**values)
+
+
+def redacted(cfg) -> dict[str, Any]:
+    return {o.name: ("***" if o.secret and getattr(cfg, o.name) else getattr(cfg, o.name)) for o in OPTIONS}
+
+
+def summary(cfg) -> dict[str, Any]:
+    """The non-secret effective settings /health reports."""
+    return {k: v for k, v in redacted(cfg).items() if not OPTION_BY_NAME[k].secret}

@@ -1,0 +1,1 @@
+"""fakeai.engine: see the modules' opening comments."""

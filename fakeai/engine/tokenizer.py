@@ -1,0 +1,124 @@
+"""Prompt token counting: tiktoken when its encodings load, a deterministic fallback when not.
+
+Strategy. tiktoken downloads its BPE files on first use; these machines are
+offline, so we never let it try: an encoding is used only when its file is
+already in tiktoken's cache (TIKTOKEN_CACHE_DIR / DATA_GYM_CACHE_DIR / the
+temp dir). Files load in background threads at start-up so binding is not
+delayed; the first request that needs an encoding waits for its load, so a
+given input always gets the same count in one run. Where no file exists the
+fallback counts like a BPE would on English text (a word or punctuation mark
+is a token with its leading space, long words split every 8 letters, numbers every 3 digits), deterministically and in C
+speed via one regex; start-up says once which one is in use.
+
+Counts of repeated strings (system prompts, benchmark prompts) come from a
+bounded dict, so the hot path is one lookup.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+
+log = logging.getLogger("fakeai")
+
+ENCODINGS = ("o200k_base", "cl100k_base")
+_URLS = {name: f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken" for name in ENCODINGS}
+_FALLBACK_RE = re.compile(r" ?[A-Za-z]{1,8}| ?\d{1,3}| ?[^\sA-Za-z\d]|\s+(?!\S)|\s+")
+_CACHE_MAX = 8192
+
+
+def _cache_dir() -> str:
+    return (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+            or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+
+
+def encoding_file(name: str) -> str:
+    return os.path.join(_cache_dir(), hashlib.sha1(_URLS[name].encode()).hexdigest())
+
+
+class Tokenizer:
+    def __init__(self, strict: bool = False, background: bool = True):
+        self._enc: dict[str, object] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._errors: dict[str, str] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        available = [n for n in ENCODINGS if os.path.exists(encoding_file(n))]
+        try:
+            import tiktoken  # noqa: F401
+        except ImportError:
+            available = []
+        if strict and len(available) < len(ENCODINGS):
+            missing = [n for n in ENCODINGS if n not in available]
+            raise RuntimeError(f"strict_token_counting is on but tiktoken encodings {missing} cannot be loaded "
+                               f"(no file in {_cache_dir()}; set TIKTOKEN_CACHE_DIR)")
+        for name in available:
+            t = threading.Thread(target=self._load, args=(name,), name=f"tiktoken-{name}", daemon=True)
+            self._threads[name] = t
+            t.start()
+            if not background:
+                t.join()
+        if strict:
+            self.wait()
+            if self._errors:
+                raise RuntimeError(f"strict_token_counting: {self._errors}")
+
+    def _load(self, name):
+        try:
+            import tiktoken
+            self._enc[name] = tiktoken.get_encoding(name)
+        except Exception as exc:  # corrupt file, wrong hash...
+            self._errors[name] = str(exc)
+
+    def wait(self):
+        for t in self._threads.values():
+            t.join()
+
+    def describe(self) -> str:
+        if not self._threads:
+            return f"approximate offline tokenizer (no tiktoken encoding files in {_cache_dir()})"
+        return "tiktoken " + ", ".join(self._threads) + f" (from {_cache_dir()})"
+
+    def encoding(self, name: str):
+        """The tiktoken Encoding, waiting for its load if needed; None means fallback."""
+        enc = self._enc.get(name)
+        if enc is None:
+            t = self._threads.get(name)
+            if t is None:
+                return None
+            t.join()
+            enc = self._enc.get(name)
+            if enc is None:
+                log.warning("tiktoken encoding %s failed to load (%s); using the fallback", name,
+                            self._errors.get(name))
+                del self._threads[name]
+        return enc
+
+    def count(self, text: str, encoding: str) -> int:
+        key = (encoding, text)
+        n = self._counts.get(key)
+        if n is None:
+            enc = self.encoding(encoding)
+            n = len(enc.encode_ordinary(text)) if enc is not None else len(_FALLBACK_RE.findall(text))
+            if len(text) < 65536:
+                if len(self._counts) >= _CACHE_MAX:
+                    self._counts.clear()
+                self._counts[key] = n
+        return n
+
+    def encode(self, text: str, encoding: str) -> list[int]:
+        """Token ids (fallback: stable ids from the pieces' CRC) - for echo/logprobs and the KV cache."""
+        enc = self.encoding(encoding)
+        if enc is not None:
+            return enc.encode_ordinary(text)
+        import zlib
+        return [zlib.crc32(p.encode()) & 0x3FFFF for p in _FALLBACK_RE.findall(text)]
+
+    def pieces(self, text: str, encoding: str) -> list[str]:
+        """The text split into its tokens' strings (for echo with logprobs)."""
+        enc = self.encoding(encoding)
+        if enc is not None:
+            return [enc.decode_single_token_bytes(t).decode("utf-8", "replace") for t in enc.encode_ordinary(text)]
+        return _FALLBACK_RE.findall(text)

@@ -1,0 +1,1 @@
+"""fakeai.server: see the modules' opening comments."""
