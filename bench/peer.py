@@ -60,6 +60,36 @@ PEER_ENV = {
 }
 
 
+# Optional (--peer-uvloop): uvicorn's "standard" speed-ups, which a plain
+# `pip install fakeai==0.3.2` does not pull in.  Installed with --target into
+# a separate directory and put on the peer's PYTHONPATH only, so the as-shipped
+# venv stays as shipped.
+EXTRAS_DIR = VENV / "uvloop-extras"
+EXTRAS = ["uvloop", "httptools"]
+
+
+def ensure_extras(log=print) -> tuple[bool, str]:
+    if (EXTRAS_DIR / "uvloop").is_dir() and (EXTRAS_DIR / "httptools").is_dir():
+        return True, f"reusing {EXTRAS_DIR}"
+    log(f"pip install --target {EXTRAS_DIR} {' '.join(EXTRAS)} ...")
+    p = subprocess.run(
+        [str(peer_python()), "-m", "pip", "install", "-q", "--target", str(EXTRAS_DIR), *EXTRAS],
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode != 0:
+        err = "\n".join(ln for ln in p.stderr.splitlines() if "is ignored" not in ln)
+        return False, f"pip install of {EXTRAS} failed: {err.strip()[-600:]}"
+    return True, f"installed {' '.join(EXTRAS)} into {EXTRAS_DIR}"
+
+
+def peer_env(uvloop: bool) -> dict[str, str]:
+    env = dict(PEER_ENV)
+    if uvloop:
+        env["PYTHONPATH"] = str(EXTRAS_DIR)
+    return env
+
+
 def peer_python() -> Path:
     return VENV / "bin" / "python"
 

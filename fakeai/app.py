@@ -21,5 +21,6 @@ class App:
         self.tokenizer = tokenizer or Tokenizer(strict=config.strict_token_counting)
         self.textgen = TextGen()
         self.latency = LatencyModel(config)
+        self.server_stats = None  # set by the serving process: () -> {connections, in_flight, scheduled_timers}
         for module in (health, models, chat, completions):
             module.register(self)

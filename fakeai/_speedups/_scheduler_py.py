@@ -16,9 +16,11 @@
 #   its Scheduler only while pending (fire, cancel and close() clear it).
 #
 # * Wake-up: loop.call_at(loop.time() + (deadline - now_ns()) / 1e9). Loops
-#   keep timers coarser than ns (uvloop: whole ms on a clock cached per loop
-#   iteration, so it may even wake early): a wake that finds nothing due just
-#   re-arms. The compiled twin uses a timerfd instead and is far more precise.
+#   keep timers coarser than ns: uvloop rounds the delay to the nearest ms on
+#   a clock cached per loop iteration, so it may wake early, and a sub-ms delay
+#   becomes call_soon. A wake that finds nothing due re-arms for at least 1 ms
+#   (never a busy spin), so on uvloop this twin is typically up to ~1 ms late.
+#   The compiled twin uses a timerfd instead and is far more precise.
 #
 # * A wake reads the clock ONCE (now), then pops and calls every entry whose
 #   deadline <= now + SLACK_NS in (deadline, seq) order as callback(arg, now).
@@ -82,6 +84,7 @@ class Scheduler:
         self._timer = None
         self._dispatching = False
         self._closed = False
+        self._early = False       # the timer fired before the head was due
 
     # ---- heap ---------------------------------------------------------
 
@@ -141,13 +144,16 @@ class Scheduler:
     # ---- public API ---------------------------------------------------
 
     def call_at(self, deadline_ns, callback, arg=None):
-        """Call callback(arg, now_ns) once now_ns >= deadline_ns. Returns a Handle."""
+        """Call callback(arg, now_ns) once now_ns >= deadline_ns (an int). Returns a Handle."""
         if self._closed:
             raise RuntimeError("Scheduler is closed")
         h = Handle()
         seq = self._seq
         self._seq = seq + 1
-        h._key = (deadline_ns << _SEQ_BITS) | seq
+        try:
+            h._key = (deadline_ns << _SEQ_BITS) | seq     # TypeError for a float, as compiled
+        except TypeError:
+            raise TypeError(f"deadline must be an int (ns), not {type(deadline_ns).__name__}") from None
         h._deadline = deadline_ns
         h._callback = callback
         h._arg = arg
@@ -191,7 +197,14 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
         loop = self.loop
-        self._timer = loop.call_at(loop.time() + (target - now_ns()) / 1e9, self._on_timer)
+        delay = (target - now_ns()) / 1e9
+        if self._early:
+            # After an early wake, wait at least 1 ms: a ms-rounding loop
+            # would turn a sub-ms delay into call_soon, i.e. a busy spin.
+            self._early = False
+            if delay < 1e-3:
+                delay = 1e-3
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._armed = target
 
     def _on_timer(self):
@@ -204,10 +217,12 @@ class Scheduler:
         limit_key = (now + SLACK_NS + 1) << _SEQ_BITS
         heap = self._heap
         take = self._take
+        fired = 0
         self._dispatching = True
         try:
             while heap and heap[0]._key < limit_key:
                 h = take(0)
+                fired += 1
                 cb = h._callback
                 arg = h._arg
                 h._callback = None
@@ -226,15 +241,24 @@ class Scheduler:
                     break
         finally:
             self._dispatching = False
-            if not self._closed:
-                heap = self._heap
-                if heap:
-                    if heap[0]._deadline != self._armed:
-                        self._arm(heap[0]._deadline)
-                elif self._armed != 0:
-                    self._timer.cancel()
-                    self._timer = None
-                    self._armed = 0
+            if fired == 0:
+                self._early = True        # the loop's timer fired early (uvloop: ms rounding)
+            self._rearm()
+        return fired
+
+    def _rearm(self):
+        """Arm for the heap top (if not already), or disarm when empty."""
+        if self._closed:
+            return
+        heap = self._heap
+        if heap:
+            if heap[0]._deadline != self._armed:
+                self._arm(heap[0]._deadline)
+        elif self._armed != 0:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._armed = 0
 
     def __repr__(self):
         return f"<Scheduler pending={len(self._heap)} timerfd=False closed={self._closed}>"

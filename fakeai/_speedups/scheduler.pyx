@@ -25,10 +25,8 @@
 #   EMFILE, a loop without add_reader) we fall back to one loop.call_at timer,
 #   converted from the ns deadline to the loop.time() base.
 #
-# * A wake drains the timerfd (8-byte expiry count; EAGAIN means a stale
-#   readiness event, harmless), reads the clock ONCE (now), then pops and
-#   calls every entry whose deadline <= now + SLACK_NS in (deadline, seq)
-#   order as callback(arg, now). Entries added by callbacks during the wake
+# * A wake reads the clock ONCE (now), then pops and calls every entry whose
+#   deadline <= now + SLACK_NS in (deadline, seq) order as callback(arg, now). Entries added by callbacks during the wake
 #   that are already due are popped by the same loop, so they fire in this
 #   wake and are never lost. An exception in a callback goes to
 #   loop.call_exception_handler and dispatch continues (SystemExit and
@@ -39,6 +37,11 @@
 #   armed until the end, when we arm once for the new top (one
 #   timerfd_settime per wake), or disarm if the heap is empty. cancel() never
 #   re-arms: an early timer costs one spurious wake that re-arms correctly.
+#   timerfd_settime also resets the fd's expiration count, so a wake that
+#   fired anything needs no read(2) to clear readiness: only a wake that found
+#   nothing due drains the fd. So a wake costs epoll + one settime syscall.
+# * The call_at fallback has the pure twin's rule for ms-rounding loops
+#   (uvloop): after an early wake, re-arm at least 1 ms out, never spin.
 #
 # * Hot path cost per token: one Handle (cdef class on a freelist), one
 #   sift-up, one sift-down, one vectorcall. No per-wake sorting, no tuples.
@@ -50,6 +53,7 @@ cimport cython
 from libc.stdint cimport int64_t, uint64_t
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from cpython.ref cimport PyObject
+from cpython.long cimport PyLong_Check
 
 cdef extern from "Python.h":
     void _incref "Py_INCREF"(PyObject*)
@@ -146,7 +150,13 @@ def now_ns():
 cdef class Scheduler
 
 
+# no_gc: a Handle can sit in a reference cycle (arg -> stream -> handle) only
+# while pending, and then the heap's own reference keeps it alive anyway;
+# firing, cancel() and close() drop callback/arg/scheduler. So the cyclic GC
+# has nothing to find here, and not tracking one object per token spares
+# the collector a gen-0 pass every few hundred tokens.
 @cython.final
+@cython.no_gc
 @cython.auto_pickle(False)
 @cython.freelist(512)
 cdef class Handle:
@@ -189,6 +199,7 @@ cdef class Scheduler:
     cdef int64_t _armed         # absolute deadline the wake-up is armed for; 0 = disarmed
     cdef bint _dispatching
     cdef bint _closed
+    cdef bint _early            # fallback timer fired before the head was due
     cdef object _timer          # fallback asyncio TimerHandle
     cdef readonly object loop
     cdef readonly bint uses_timerfd
@@ -286,10 +297,14 @@ cdef class Scheduler:
 
     # ---- public API ---------------------------------------------------
 
-    def call_at(self, int64_t deadline_ns, callback, arg=None):
-        """Call callback(arg, now_ns) once now_ns >= deadline_ns. Returns a Handle."""
+    def call_at(self, deadline_ns, callback, arg=None):
+        """Call callback(arg, now_ns) once now_ns >= deadline_ns (an int). Returns a Handle."""
         cdef Handle h
         cdef Py_ssize_t i
+        cdef int64_t d
+        if not PyLong_Check(deadline_ns):  # as the twin: a float would silently truncate
+            raise TypeError(f"deadline must be an int (ns), not {type(deadline_ns).__name__}")
+        d = deadline_ns
         if self._closed:
             raise RuntimeError("Scheduler is closed")
         if self._n == self._cap:
@@ -297,19 +312,19 @@ cdef class Scheduler:
         h = Handle.__new__(Handle)
         h._callback = callback
         h._arg = arg
-        h.deadline_ns = deadline_ns
+        h.deadline_ns = d
         h._sched = self
         i = self._n
         self._n = i + 1
-        self._heap[i].deadline = deadline_ns
+        self._heap[i].deadline = d
         self._heap[i].seq = self._seq
         self._seq += 1
         self._heap[i].handle = <PyObject*>h
         _incref(<PyObject*>h)
         self._sift_up(i)
         if (h._pos == 0 and not self._dispatching
-                and (self._armed == 0 or deadline_ns < self._armed)):
-            self._arm(deadline_ns)
+                and (self._armed == 0 or d < self._armed)):
+            self._arm(d)
         return h
 
     def __len__(self):
@@ -374,8 +389,14 @@ cdef class Scheduler:
             if self._timer is not None:
                 self._timer.cancel()
             loop = self.loop
-            self._timer = loop.call_at(loop.time() + (target - fakeai_now_ns()) * 1e-9,
-                                       self._on_timer)
+            delay = (target - fakeai_now_ns()) * 1e-9
+            if self._early:
+                # After an early wake, wait at least 1 ms: a ms-rounding loop
+                # would turn a sub-ms delay into call_soon, i.e. a busy spin.
+                self._early = False
+                if delay < 1e-3:
+                    delay = 1e-3
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._armed = target
         return 0
 
@@ -389,27 +410,33 @@ cdef class Scheduler:
         return 0
 
     def _on_readable(self):
-        if self._fd < 0:
-            return
-        if fakeai_tfd_drain(self._fd):
-            self._armed = 0               # one-shot timer expired: now disarmed
-        self._run()
+        # No read(2) on the usual path: a wake that finds entries due always
+        # ends in timerfd_settime (re-arm or disarm), which resets the
+        # expiration count and so the fd's readiness. Only a wake that found
+        # nothing due drains the fd, in case the kernel still counts one.
+        if self._fd >= 0 and self._run() == 0:
+            if fakeai_tfd_drain(self._fd):
+                self._armed = 0           # it had expired after all: re-arm
+                self._rearm()
 
     def _on_timer(self):
         self._timer = None
         self._armed = 0
         self._run()
 
-    cdef _run(self):
+    cdef Py_ssize_t _run(self) except -1:
+        """One wake: dispatch everything due, re-arm. Returns how many fired."""
         cdef int64_t now = fakeai_now_ns()
         cdef int64_t limit = now + _SLACK_NS
         cdef object py_now = now
         cdef Handle h
         cdef object cb, arg
+        cdef Py_ssize_t fired = 0
         self._dispatching = True
         try:
             while self._n > 0 and self._heap[0].deadline <= limit:
                 h = self._take(0)
+                fired += 1
                 cb = h._callback
                 arg = h._arg
                 h._callback = None
@@ -426,12 +453,21 @@ cdef class Scheduler:
                     })
         finally:
             self._dispatching = False
-            if not self._closed:
-                if self._n > 0:
-                    if self._heap[0].deadline != self._armed:
-                        self._arm(self._heap[0].deadline)
-                elif self._armed != 0:
-                    self._disarm()
+            if fired == 0 and self._fd < 0:
+                self._early = True        # the loop's timer fired early (uvloop: ms rounding)
+            self._rearm()
+        return fired
+
+    cdef int _rearm(self) except -1:
+        """Arm for the heap top (if not already), or disarm when empty."""
+        if self._closed:
+            return 0
+        if self._n > 0:
+            if self._heap[0].deadline != self._armed:
+                self._arm(self._heap[0].deadline)
+        elif self._armed != 0:
+            self._disarm()
+        return 0
 
     def __repr__(self):
         return (f"<Scheduler pending={self._n} timerfd={bool(self.uses_timerfd)} "

@@ -152,7 +152,7 @@ def create(app, req):
         raise ApiError(400, "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
                             "'top_logprobs' is used.", param="top_logprobs", code="invalid_value")
     prompt_tokens, audio_in = count_prompt(app, body.get("messages"), info.encoding, body.get("tools"))
-    rng = C.make_rng(seed, req.body)
+    rng = C.make_rng(seed, model, body.get("messages"))
     choices = C.plan_lengths(app, info, body, prompt_tokens, n, rng)
     completion = sum(len(p) for _, p, _ in choices)
     usage = C.usage(prompt_tokens, completion, 0, audio_in)

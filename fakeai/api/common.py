@@ -138,11 +138,12 @@ def resolve_model(app, body):
     return name, app.catalog.get_or_create(name)
 
 
-def make_rng(seed, salt: bytes):
-    """Seeded: identical request + seed -> identical output. Unseeded: the shared fast generator."""
+def make_rng(seed, model: str, prompt):
+    """Seeded: same model + prompt + seed -> same text, whatever the other fields (stream, stop, n...).
+    Unseeded: the shared fast generator."""
     if seed is None:
         return random
-    return random.Random((seed << 32) ^ zlib.crc32(salt))
+    return random.Random((seed << 32) ^ zlib.crc32(orjson.dumps([model, prompt])))
 
 
 def plan_lengths(app, info, body, prompt_tokens, n_choices, rng, param="messages"):

@@ -80,7 +80,7 @@ def create(app, req):
     tok = app.tokenizer
     enc = info.encoding
     suffix_tokens = tok.count(suffix, enc) if suffix else 0
-    rng = C.make_rng(seed, req.body)
+    rng = C.make_rng(seed, model, body.get("prompt"))
     choices, prompt_total, echo_texts = [], 0, []
     for text, ids in prompts:
         if text is None:

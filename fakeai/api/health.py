@@ -20,6 +20,7 @@ def register(app):
             "uptime": round(time.monotonic() - started_mono, 3),
             "version": __version__,
             "tokenizer": app.tokenizer.describe(),
+            "server": app.server_stats() if app.server_stats else None,
             "config": summary,
         })
 

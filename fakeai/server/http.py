@@ -57,7 +57,7 @@ _monotonic_ns = time.monotonic_ns
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("server", "router", "cfg", "loop", "transport", "client", "buf", "head", "sent_continue",
                  "h11", "h11_req", "h11_body", "busy", "keep_alive", "req", "chunked", "write_paused",
-                 "read_paused", "last_activity", "head_started", "closed", "eof", "n_requests")
+                 "read_paused", "sent", "over_limit", "last_activity", "head_started", "closed", "eof", "n_requests")
 
     def __init__(self, server):
         # shared state
@@ -86,20 +86,16 @@ class HttpProtocol(asyncio.Protocol):
         self.req = None
         self.chunked = True
         self.head_started = 0.0
+        self.sent = 0
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport):
         self.transport = transport
         self.last_activity = self.server.now
         server = self.server
-        if len(server.connections) >= self.cfg.max_connections:
-            self.closed = True
-            self.keep_alive = False
-            body = R.error_response(503, "Server has too many open connections; retry later.", "server_error",
-                                    code="too_many_connections").body
-            transport.write(self._head_bytes(503, R.JSON, None, len(body), "-") + body)
-            transport.close()
-            return
+        # Over the limit: answer the first request with 503 and close (after reading
+        # it, so the client gets the answer rather than a reset).
+        self.over_limit = len(server.connections) >= self.cfg.max_connections
         server.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -195,6 +191,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start_h11(self):
         cfg = self.cfg
+        # h11 bounds only incomplete heads; a complete oversized one is ours to refuse.
+        end = self.buf.find(b"\n\r\n", 0, cfg.max_header_size + 4)
+        if end == -1:
+            end = self.buf.find(b"\n\n", 0, cfg.max_header_size + 4)
+        if end == -1 and len(self.buf) > cfg.max_header_size:
+            self._protocol_error(431, f"request head larger than max_header_size ({cfg.max_header_size} bytes)")
+            return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
         data = bytes(self.buf)
         self.buf.clear()
@@ -227,6 +230,12 @@ class HttpProtocol(asyncio.Protocol):
             if t is h11.Request:
                 self.head_started = 0.0
                 self.h11_req = ev
+                names = [k for k, _ in ev.headers]
+                if b"transfer-encoding" in names and b"content-length" in names:
+                    # RFC 9112 6.3: a request smuggling vector; refuse rather than guess
+                    self.h11 = None
+                    self._protocol_error(400, "both Transfer-Encoding and Content-Length")
+                    return
                 for k, v in ev.headers:
                     if k == b"content-length" and int(v) > cfg.max_request_size:
                         self.h11 = None
@@ -282,6 +291,13 @@ class HttpProtocol(asyncio.Protocol):
         t0 = _monotonic_ns()
         self.n_requests += 1
         self.keep_alive = keep_alive
+        if self.over_limit:
+            self.keep_alive = False
+            self._write_response(None, R.error_response(503, "The server has too many open connections "
+                                                             "(max_connections); retry later.", "server_error",
+                                                        code="too_many_connections"), "-")
+            self._close()
+            return
         self.chunked = not http10
         method = _METHODS.get(method_b) or method_b.decode("ascii", "replace")
         target = target_b.decode("latin-1")
@@ -402,27 +418,30 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(self._head_bytes(stream.status, stream.content_type, stream.headers, None,
                                               req.request_id, self.server.extra_headers))
         self.busy = stream
+        self.sent = 0
         stream.start(self)
 
     # The channel a Stream writes through (this connection).
     def stream_send(self, data: bytes) -> None:
         if self.closed:
             return
+        self.sent += len(data)
         if self.chunked:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self.transport.write(data)
 
-    def stream_end(self, data: bytes = b"", status: int = 200, nbytes: int = 0) -> None:
+    def stream_end(self, data: bytes = b"", status: int = 200) -> None:
         """Write the last bytes and the chunked terminator in one write; the connection moves on."""
         if self.closed:
             return
+        self.sent += len(data)
         if self.chunked:
             self.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
         elif data:
             self.transport.write(data)
         self.busy = None
-        self.server.on_response(self.req, status, nbytes, self.client)
+        self.server.on_response(self.req, status, self.sent, self.client)
         self._after_response()
 
     def deliver_later(self, req, result):

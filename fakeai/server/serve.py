@@ -20,7 +20,7 @@ import time
 import orjson
 
 from fakeai import __version__
-from fakeai._speedups import active as speedups_active
+from fakeai._speedups import active as speedups_active, load as load_speedup
 from fakeai.server import response as R
 from fakeai.server.http import HttpProtocol
 
@@ -70,6 +70,12 @@ class Server:
         self._log_access = config.access_log and access.isEnabledFor(logging.INFO)
         self._json_log = config.log_format == "json"
         self._tick_handle = None
+        app.server_stats = self.stats
+
+    def stats(self) -> dict:
+        return {"connections": len(self.connections),
+                "in_flight": sum(1 for c in self.connections if c.busy is not None),
+                "scheduled_timers": len(load_speedup("scheduler").get_scheduler(self.loop))}
 
     def tick(self):
         self.now = now = time.monotonic()
