@@ -1,7 +1,8 @@
 """The token scheduler: both twins (pure and compiled) on both loops.
 
-Every test runs four times: {pure, compiled} x {asyncio, uvloop}. The compiled
-twin must import (a missing build is a failure, not a skip). Timing assertions
+Every test runs on {pure, compiled} x {asyncio, uvloop}, plus the compiled
+twin's call_at fallback (a loop without add_reader, so no timerfd) on both
+loops. The compiled twin must import (a missing build fails, never skips). Timing assertions
 are deliberately generous: CI boxes are shared 2-core machines.
 """
 import asyncio
@@ -19,16 +20,45 @@ MS = 1_000_000
 LATE_NS = 50 * MS          # "fired, and not more than 50 ms late"
 
 
-@pytest.fixture(params=["pure", "compiled"])
-def mod(request):
-    if request.param == "pure":
+class _NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop without add_reader (like Proactor): forces the call_at fallback."""
+    def add_reader(self, *args):
+        raise NotImplementedError
+
+
+class _NoReaderUVLoop(uvloop.Loop):
+    def add_reader(self, *args):
+        raise NotImplementedError
+
+
+LOOPS = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+    "asyncio-call_at": _NoReaderLoop,      # compiled twin without timerfd
+    "uvloop-call_at": _NoReaderUVLoop,
+}
+# The pure twin never uses add_reader, so the *-call_at loops only add cases for
+# the compiled twin's fallback path.
+COMBOS = [("pure", "asyncio"), ("pure", "uvloop"),
+          ("compiled", "asyncio"), ("compiled", "uvloop"),
+          ("compiled", "asyncio-call_at"), ("compiled", "uvloop-call_at")]
+
+
+@pytest.fixture(params=COMBOS, ids=[f"{m}-{lp}" for m, lp in COMBOS])
+def combo(request):
+    return request.param
+
+
+@pytest.fixture
+def mod(combo):
+    if combo[0] == "pure":
         return _speedups.pure("scheduler")
     return _speedups.compiled("scheduler")   # ImportError here fails the test
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def loop(request):
-    lp = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+@pytest.fixture
+def loop(combo):
+    lp = LOOPS[combo[1]]()
     errors = []
     lp.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
     lp.errors = errors
@@ -83,12 +113,21 @@ def test_api_matches(mod):
     assert isinstance(b, int) and a <= b <= c
 
 
-def test_uses_timerfd(mod, sched):
-    if mod is _speedups.pure("scheduler"):
-        assert sched.uses_timerfd is False
-    else:
-        assert sched.uses_timerfd is True          # Linux: both loops support add_reader
+def test_uses_timerfd(combo, sched):
+    if combo[0] == "compiled" and not combo[1].endswith("call_at"):
+        assert sched.uses_timerfd is True          # Linux, and the loop has add_reader
         assert sched.fd >= 0
+    else:
+        assert sched.uses_timerfd is False
+        assert sched.fd == -1
+
+
+def test_deadline_must_be_int(mod, sched):
+    with pytest.raises(TypeError):
+        sched.call_at(1.5, lambda a, n: None)
+    assert len(sched) == 0
+    sched.call_at(mod.now_ns() + 10**9, lambda a, n: None)
+    assert len(sched) == 1
 
 
 def test_handle_attributes_read_only(mod, sched, loop):

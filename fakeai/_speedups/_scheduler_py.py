@@ -237,8 +237,7 @@ class Scheduler:
                         "exception": exc,
                         "handle": h,
                     })
-                if self._closed:
-                    break
+                pass
         finally:
             self._dispatching = False
             if fired == 0:
