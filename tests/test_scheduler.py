@@ -386,6 +386,28 @@ def test_callbacks_schedule_new_entries(mod, sched, loop):
     assert len(sched) == 0 and not loop.errors
 
 
+def test_no_busy_spin_on_coarse_timers(mod, sched, loop):
+    """ms-rounding loops (uvloop) wake early; re-arming must not degrade into a spin."""
+    calls = [0]
+    real_call_at = loop.call_at
+
+    def counting_call_at(*args, **kw):
+        calls[0] += 1
+        return real_call_at(*args, **kw)
+    loop.call_at = counting_call_at
+    try:
+        base = mod.now_ns() + 5 * MS
+        n = 40
+        rec = Recorder(loop, n, mod)
+        for i in range(n):
+            d = base + i * 1_300_000            # 1.3 ms apart: sub-ms remainders
+            sched.call_at(d, rec.cb, (i, d))
+        run(loop, rec.wait())
+    finally:
+        del loop.call_at
+    assert calls[0] <= 4 * n, calls[0]          # timerfd mode: 0
+
+
 def test_stream_like_rescheduling(mod, sched, loop):
     """A stream re-arming itself at t0 + i*itl keeps to its absolute schedule."""
     itl = 5 * MS
@@ -408,31 +430,34 @@ def test_stream_like_rescheduling(mod, sched, loop):
 
 # ---------------------------------------------------------------- exceptions
 
+class _Custom(BaseException):
+    pass
+
+
 def test_exception_does_not_stop_others(mod, sched, loop):
     d = mod.now_ns() + 10 * MS
     fired = []
+    raises = {0: ValueError, 3: RuntimeError, 4: _Custom}
 
-    def boom(arg, now):
-        fired.append(arg)
-        raise ValueError(f"boom {arg}")
-
-    def ok(arg, now):
-        fired.append(arg)
+    def cb(arg, now):
+        fired.append((arg, now))
+        if arg in raises:
+            raise raises[arg](f"boom {arg}")
 
     for i in range(6):
-        sched.call_at(d + (i % 2), boom if i % 3 == 0 else ok, i)
+        sched.call_at(d + (i % 2), cb, i)
 
     async def main():
         while len(fired) < 6:
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.02)
     run(loop, main())
-    assert fired == [0, 2, 4, 1, 3, 5]
+    assert [a for a, _ in fired] == [0, 2, 4, 1, 3, 5]
+    assert len({now for _, now in fired}) == 1          # all in one wake despite the raises
     errs = loop.errors
-    assert len(errs) == 2
-    assert all(isinstance(e["exception"], ValueError) for e in errs)
-    assert all("message" in e for e in errs)
-    assert [str(e["exception"]) for e in errs] == ["boom 0", "boom 3"]
+    assert [type(e["exception"]) for e in errs] == [ValueError, _Custom, RuntimeError]
+    assert [str(e["exception"]) for e in errs] == ["boom 0", "boom 4", "boom 3"]
+    assert all("scheduler" in e["message"] for e in errs)   # reported by us, not by the loop
     assert len(sched) == 0
 
 

@@ -237,7 +237,8 @@ class Scheduler:
                         "exception": exc,
                         "handle": h,
                     })
-                pass
+                if self._closed:
+                    break
         finally:
             self._dispatching = False
             if fired == 0:

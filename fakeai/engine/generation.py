@@ -98,7 +98,7 @@ class TokenStream(Stream):
     """
 
     __slots__ = ("conn", "sched", "model", "steps", "chunk", "head", "tail", "i", "deadline", "handle",
-                 "waiting", "t0", "first", "last_write", "cfg_ka", "cfg_tok_to", "cfg_stream_to", "error_chunk", "rand",
+                 "waiting", "t0", "first", "last_write", "last_token", "cfg_ka", "cfg_tok_to", "cfg_stream_to", "error_chunk", "rand",
                  "on_end")
 
     def __init__(self, req, model: LatencyModel, cfg, steps: int, chunk, head: bytes, tail, error_chunk,
@@ -118,7 +118,7 @@ class TokenStream(Stream):
         self.first = self.deadline = self.t0 + model.first_token_ns(self.rand)
         self.handle = None
         self.waiting = False
-        self.last_write = self.t0
+        self.last_write = self.last_token = self.t0  # keep-alives move the first only
         self.cfg_ka = int(cfg.stream_keepalive_interval_seconds * 1e9) if cfg.stream_keepalive_enabled else 0
         self.cfg_tok_to = int(cfg.stream_token_timeout_seconds * 1e9)
         self.cfg_stream_to = int(cfg.stream_timeout_seconds * 1e9)
@@ -147,7 +147,7 @@ class TokenStream(Stream):
         limit = self.t0 + self.cfg_stream_to
         if d > limit:
             when, fn = limit, self._stream_timeout
-        tok_limit = self.last_write + self.cfg_tok_to
+        tok_limit = self.last_token + self.cfg_tok_to
         if tok_limit < when:
             when, fn = tok_limit, self._token_timeout
         if self.cfg_ka and self.last_write + self.cfg_ka < when:
@@ -181,7 +181,7 @@ class TokenStream(Stream):
                 d = self.first + i * itl
         self.i = i
         self.deadline = d
-        self.last_write = now
+        self.last_write = self.last_token = now
         if i >= steps:
             parts.append(self.tail())
             self.conn = None
