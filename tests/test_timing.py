@@ -31,11 +31,11 @@ def test_stream_ttft_and_itl(slow):
             times.append(time.monotonic() - t0)
     assert len(times) == 20
     assert 0.14 <= times[0] < 0.6
-    span = times[-1] - times[0]
-    assert 19 * 0.020 * 0.9 <= span < 19 * 0.020 + 0.5
-    # deadlines are absolute: no gap may be wildly off, and they do not drift
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert sum(gaps) / len(gaps) == pytest.approx(0.020, abs=0.01)
+    # absolute deadlines: the last token is due at ttft + 19 * itl = 530 ms, whatever the client's own delays
+    assert 0.52 <= times[-1] < 1.5
+    # and no token arrives before its deadline
+    for i, t in enumerate(times):
+        assert t >= 0.150 + i * 0.020 - 0.002
 
 
 def test_non_stream_sent_when_last_token_due(slow):
