@@ -133,3 +133,26 @@ def test_python_api_config():
     assert cfg.itl_ms == 2.0
     with pytest.raises(C.ConfigError):
         C.AppConfig(itl_ms=-5)
+
+
+def test_no_extensions_forces_pure_twins():
+    r = run("--version", env={"FAKEAI_NO_EXTENSIONS": "1"})
+    assert "httpparse: pure" in r.stdout and "scheduler: pure" in r.stdout
+    r = run("--version")
+    assert "httpparse: compiled" in r.stdout and "scheduler: compiled" in r.stdout, \
+        "the Cython speedups are not built: pip install -e . must build them"
+
+
+def test_pure_twins_serve_end_to_end():
+    import openai
+    from conftest import ServerProc
+    s = ServerProc("--ttft-ms", "1", "--itl-ms", "1", "--no-access-log", env={"FAKEAI_NO_EXTENSIONS": "1"})
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
+        chunks = list(c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
+                                                max_tokens=50, stream=True, extra_body={"ignore_eos": True}))
+        assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) == 50
+        assert c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
+                                         max_tokens=3).usage.completion_tokens <= 3
+    finally:
+        assert s.stop() == 0

@@ -52,6 +52,10 @@ _RID_PREFIX = os.urandom(8).hex()
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _READ_HIGH = 1 << 20  # buffered unprocessed bytes before we pause reading
 _monotonic_ns = time.monotonic_ns
+_HEAD = (b"%s%s" + R.SERVER + b"content-type: %s\r\n%sx-request-id: %s\r\nopenai-processing-ms: %d\r\n" +
+         R.OPENAI_VERSION)
+_STREAM_FRAMING = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
+_STREAM_FRAMING_CLOSE = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -376,28 +380,22 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ writing
     def _head_bytes(self, status, content_type, extra, length, rid, more=None):
-        parts = [R.STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode(), R.date_line(), R.SERVER,
-                 b"content-type: ", content_type, b"\r\n"]
-        if length is None:
-            if self.chunked:
-                parts.append(b"transfer-encoding: chunked\r\n")
-            parts.append(b"cache-control: no-cache\r\nx-accel-buffering: no\r\n")
-        else:
-            parts += (b"content-length: ", str(length).encode(), b"\r\n")
-        parts += (b"x-request-id: ", rid.encode("latin-1"), b"\r\nopenai-processing-ms: ")
+        """The response head as one bytes object: `% formatting` of a fixed template, extras appended."""
         req = self.req
         ms = (_monotonic_ns() - req.t0_ns) // 1_000_000 if req is not None else 0
-        parts += (str(ms).encode(), b"\r\n", R.OPENAI_VERSION)
-        if extra:
-            for k, v in extra:
-                parts += (k, b": ", v, b"\r\n")
-        if more:
-            for k, v in more:
-                parts += (k, b": ", v, b"\r\n")
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        if length is None:
+            framing = _STREAM_FRAMING if self.chunked else _STREAM_FRAMING_CLOSE
+        else:
+            framing = b"content-length: %d\r\n" % length
+        head = _HEAD % (R.STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status, R.date_line(),
+                        content_type, framing, rid.encode("latin-1"), ms)
+        if extra or more or not self.keep_alive:
+            tail = [b"%s: %s\r\n" % kv for kv in (extra or ())]
+            tail += [b"%s: %s\r\n" % kv for kv in (more or ())]
+            if not self.keep_alive:
+                tail.append(b"connection: close\r\n")
+            return head + b"".join(tail) + b"\r\n"
+        return head + b"\r\n"
 
     def _write_response(self, req, resp, rid):
         body = resp.body
