@@ -88,13 +88,13 @@ def parse_sse(data: bytes) -> dict:
     }
 
 
-def check_stream(port: int, samples: int) -> dict:
+def check_stream(port: int, samples: int, script: str = "sse") -> dict:
     """Send `samples` streams one after another; count content chunks."""
     out: dict = {"ok": False, "samples": []}
     t0 = time.perf_counter()
     for _ in range(samples):
         try:
-            status, headers, data = _request(port, "sse", "/v1/chat/completions")
+            status, headers, data = _request(port, script, "/v1/chat/completions")
         except Exception as e:  # noqa: BLE001
             out["error"] = f"{type(e).__name__}: {e}"
             return out

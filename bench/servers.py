@@ -70,6 +70,70 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_ticks() -> dict[int, tuple[int, int]]:
+    """Per-CPU (busy, total) jiffies from /proc/stat (busy = total - idle - iowait)."""
+    out: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                parts = line.split()
+                vals = [int(x) for x in parts[1:9]]  # user..steal
+                total = sum(vals)
+                out[int(parts[0][3:])] = (total - vals[3] - vals[4], total)
+    return out
+
+
+def cpu_busy_pct(before, after) -> dict[int, float]:
+    """Per-CPU busy percentage between two cpu_ticks() snapshots."""
+    res = {}
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        res[cpu] = 100.0 * (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+    return res
+
+
+def background_load(seconds: float = 1.0) -> dict[int, float]:
+    """Per-CPU busy % over `seconds` while we run nothing: other people's load."""
+    import time as _t
+
+    a = cpu_ticks()
+    _t.sleep(seconds)
+    return cpu_busy_pct(a, cpu_ticks())
+
+
+def busy_processes(min_pct: float = 10.0, seconds: float = 0.5) -> list[str]:
+    """Processes (other than us) using >= min_pct of a core, for warnings."""
+    import time as _t
+
+    def snap():
+        d = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                fields = st.rsplit(")", 1)[1].split()
+                d[int(pid)] = (int(fields[11]) + int(fields[12]), cmd or st.split("(", 1)[1].split(")")[0])
+            except (OSError, IndexError, ValueError):
+                pass
+        return d
+
+    a = snap()
+    _t.sleep(seconds)
+    b = snap()
+    me = os.getpid()
+    out = []
+    for pid, (t1, cmd) in b.items():
+        t0 = a.get(pid, (t1, cmd))[0]
+        pct = 100.0 * (t1 - t0) / CLK_TCK / seconds
+        if pid != me and pct >= min_pct:
+            out.append(f"{pct:3.0f}%  pid {pid}  {cmd[:100]}")
+    return sorted(out, reverse=True)
+
+
 class Server:
     """One server process, pinned with taskset when cpu is not None."""
 

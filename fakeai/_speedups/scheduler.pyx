@@ -26,11 +26,12 @@
 #   converted from the ns deadline to the loop.time() base.
 #
 # * A wake reads the clock ONCE (now), then pops and calls every entry whose
-#   deadline <= now + SLACK_NS in (deadline, seq) order as callback(arg, now). Entries added by callbacks during the wake
-#   that are already due are popped by the same loop, so they fire in this
-#   wake and are never lost. An exception in a callback goes to
-#   loop.call_exception_handler and dispatch continues (SystemExit and
-#   KeyboardInterrupt propagate, as in asyncio.Handle._run).
+#   deadline <= now + SLACK_NS in (deadline, seq) order as callback(arg, now).
+#   Entries added by callbacks during the wake that are already due are
+#   popped by the same loop, so they fire in this wake and are never lost.
+#   An exception in a callback goes to loop.call_exception_handler and
+#   dispatch continues (SystemExit and KeyboardInterrupt propagate, as in
+#   asyncio.Handle._run).
 #
 # * Arming: call_at() outside a wake arms only if the new entry became the
 #   heap top and is earlier than what is armed. During a wake nothing is
@@ -40,6 +41,7 @@
 #   timerfd_settime also resets the fd's expiration count, so a wake that
 #   fired anything needs no read(2) to clear readiness: only a wake that found
 #   nothing due drains the fd. So a wake costs epoll + one settime syscall.
+#
 # * The call_at fallback has the pure twin's rule for ms-rounding loops
 #   (uvloop): after an early wake, re-arm at least 1 ms out, never spin.
 #
