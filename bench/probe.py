@@ -114,6 +114,7 @@ def check_stream(port: int, samples: int, script: str = "sse") -> dict:
     out["content_chunks_min"] = min(chunks)
     out["content_chunks_max"] = max(chunks)
     out["content_chunks_values"] = sorted(set(chunks))
+    out["body_bytes_mean"] = statistics.fmean(x["bytes"] for x in out["samples"])
     out["all_done"] = all(s["done"] for s in out["samples"])
     out["finish_reasons"] = sorted({str(s["finish_reason"]) for s in out["samples"]})
     out["ok"] = out["content_chunks_mean"] > 0

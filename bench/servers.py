@@ -114,7 +114,7 @@ def busy_processes(min_pct: float = 10.0, seconds: float = 0.5) -> list[str]:
                 with open(f"/proc/{pid}/stat") as f:
                     st = f.read()
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                    cmd = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
                 fields = st.rsplit(")", 1)[1].split()
                 d[int(pid)] = (int(fields[11]) + int(fields[12]), cmd or st.split("(", 1)[1].split(")")[0])
             except (OSError, IndexError, ValueError):

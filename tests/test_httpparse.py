@@ -35,7 +35,8 @@ ERROR = "error"
 
 def h11_reference(data):
     conn = h11.Connection(h11.SERVER)
-    conn.receive_data(bytes(data))
+    if data:  # receive_data(b"") would mean EOF
+        conn.receive_data(bytes(data))
     try:
         ev = conn.next_event()
     except h11.RemoteProtocolError:
