@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from fakeai.api import chat, completions, health, models
 from fakeai.engine.catalog import Catalog
-from fakeai.engine.generation import LatencyModel
+from fakeai.engine.generation import now_ns
+from fakeai.engine.latency import LatencyModel, Lateness, Slots
 from fakeai.engine.textgen import TextGen
 from fakeai.engine.tokenizer import Tokenizer
 from fakeai.server.router import Router
@@ -20,7 +21,9 @@ class App:
         self.catalog = Catalog()
         self.tokenizer = tokenizer or Tokenizer(strict=config.strict_token_counting)
         self.textgen = TextGen()
-        self.latency = LatencyModel(config)
+        self.latency = LatencyModel(config)  # may raise ConfigError (profile options)
+        self.slots = Slots(config, now_ns)
+        self.lateness = Lateness()
         self.server_stats = None  # set by the serving process: () -> {connections, in_flight, scheduled_timers}
         for module in (health, models, chat, completions):
             module.register(self)

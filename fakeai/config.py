@@ -72,6 +72,25 @@ OPTIONS: tuple[Option, ...] = (
     _o("ttft_variance_pct", "float", 10.0, "TTFT jitter, +/- percent of ttft_ms.", min=0, max=100, group="timing"),
     _o("itl_variance_pct", "float", 10.0, "ITL jitter, +/- percent of itl_ms (per token, never accumulating).",
        min=0, max=100, group="timing"),
+    _o("prefill_us_per_token", "float", 0.0, "Prefill time per uncached prompt token in microseconds (added to TTFT).",
+       min=0, max=1_000_000, group="timing"),
+    _o("latency_distribution", "str", "uniform", "Distribution of TTFT/ITL jitter.",
+       choices=("uniform", "normal", "lognormal"), group="timing"),
+    _o("latency_profile", "str", "none",
+       "Latency profile: none (the flat options), auto (by model name) or a profile name (see --help-profiles).",
+       group="timing"),
+    _o("latency_profile_file", "str", "", "JSON/TOML/YAML file adding profiles and model-to-profile mappings.",
+       group="timing"),
+    _o("max_num_seqs", "int", 256, "Requests running at once; beyond, requests wait in a FIFO queue.",
+       min=1, max=1_000_000, group="timing"),
+    _o("max_waiting_queue_length", "int", 4096, "Requests allowed to wait; beyond, 429.", min=0, max=10_000_000,
+       group="timing"),
+    _o("load_latency_factor", "float", 1.0,
+       "TTFT/ITL multiplier at a full batch (max_num_seqs running), linear in between; 1 = no load effect.",
+       min=0.01, max=1000, group="timing"),
+    _o("timing_record", "bool", False,
+       "Attach the per-token timing record to every response (else per request: header X-Fakeai-Timing: 1 "
+       "or body {\"fakeai\": {\"timing\": true}}).", group="timing"),
     _o("response_delay", "float", 0.0, "Extra base delay in seconds added before the first token.",
        min=0, max=3600, group="timing"),
     _o("random_delay", "bool", False, "Jitter response_delay by up to +/- max_variance.", group="timing"),
@@ -110,7 +129,9 @@ SECTION_ALIASES = {("response", "delay"): "response_delay", ("kv_cache", "overla
 
 
 def _fields():
-    out = []
+    # `explicit`: the option names a source actually set (file, env, CLI or keyword), so that
+    # explicit options can win over latency profiles while defaults do not.
+    out = [("explicit", Any, field(default=frozenset(), compare=False))]
     for o in OPTIONS:
         default = o.default
         if isinstance(default, list):
@@ -123,6 +144,9 @@ def _fields():
 def _post_init(self):
     for o in OPTIONS:
         object.__setattr__(self, o.name, coerce(o, getattr(self, o.name)))
+    if not self.explicit:
+        object.__setattr__(self, "explicit", frozenset(
+            o.name for o in OPTIONS if getattr(self, o.name) != o.default))
 
 
 AppConfig = dataclasses.make_dataclass(
@@ -285,7 +309,7 @@ def build(cli: dict[str, Any] | None = None, config_file: str | None = None, env
         values.update(load_file(path))
     values.update(load_env(environ))
     values.update(cli or {})
-    return AppConfig(**values)
+    return AppConfig(**values, explicit=frozenset(values))
 
 
 def redacted(cfg) -> dict[str, Any]:

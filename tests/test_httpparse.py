@@ -111,9 +111,10 @@ clen_values = st.one_of(st.integers(0, 10 ** 6).map(lambda n: str(n).encode()),
                                          b"10000000000000000000", b"5, 5", b"5,6", b"+5", b"-1",
                                          b"0x10", b"1 0", b"", b"5 ,5"]))
 conn_values = st.lists(st.sampled_from([b"close", b"Close", b"CLOSE", b"keep-alive", b"Keep-Alive",
-                                        b"upgrade", b"closed", b"clos", b" close ", b"", b"te"]),
+                                        b"upgrade", b"closed", b"clos", b" close ", b"\tclose", b"",
+                                        b"te"]),
                        max_size=3).map(b",".join)
-expect_values = st.lists(st.sampled_from([b"100-continue", b"100-Continue", b" 100-continue",
+expect_values = st.lists(st.sampled_from([b"100-continue", b"100-Continue", b" 100-continue", b"\t100-continue",
                                           b"100-continued", b"foo", b""]), max_size=2).map(b",".join)
 
 
@@ -439,8 +440,11 @@ def test_host_required_once(hp):
     (b"Connection: closed\r\n", True, False),
     (b"Connection: clos e\r\n", True, False),
     (b"Connection: ,,close,,\r\n", False, False),
+    (b"Connection: keep-alive,\tclose\r\n", False, False),
+    (b"Connection: keep-alive ,close\t,x\r\n", False, False),
     (b"Expect: 100-continue\r\n", True, True),
     (b"Expect: 100-Continue , x\r\n", True, True),
+    (b"Expect: x,\t100-continue\t\r\n", True, True),
     (b"Expect: 100-continued\r\n", True, False),
     (b"Expect: x\r\nExpect: 100-continue\r\nConnection: close\r\n", False, True),
 ])

@@ -17,7 +17,7 @@ import struct
 import orjson
 
 from fakeai.api import common as C
-from fakeai.engine.generation import DONE, TokenStream, sse_error, step_renderer
+from fakeai.engine.generation import TokenStream, sse_error, step_renderer
 from fakeai.server.response import ApiError
 
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
@@ -155,12 +155,13 @@ def create(app, req):
     rng = C.make_rng(seed, model, body.get("messages"))
     choices = C.plan_lengths(app, info, body, prompt_tokens, n, rng)
     completion = sum(len(p) for _, p, _ in choices)
+    plan, timing = C.admit_check(app, req, body, model, prompt_tokens)
     usage = C.usage(prompt_tokens, completion, 0, audio_in)
     cid = C.new_id("chatcmpl")
     created = C.now_s()
     lps = [[logprobs_entry(app, rng, p, top_k) for p in pieces] for _, pieces, _ in choices] if want_lp else None
     if stream:
-        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps)
+        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing)
     payload = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None,
@@ -169,10 +170,10 @@ def create(app, req):
                     for i, (_, pieces, finish) in enumerate(choices)],
         "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT,
     }
-    return C.respond(app, req, payload, choices)
+    return C.respond(app, req, payload, choices, plan, timing)
 
 
-def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps):
+def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing):
     head_fmt = (b'data: {"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' +
                 str(created).encode() + b',"model":' + orjson.dumps(model) +
                 b',"system_fingerprint":"' + FINGERPRINT.encode() + b'","choices":[')
@@ -205,11 +206,10 @@ def _stream(app, req, model, cid, created, choices, usage, include_usage, contin
                  b'}\n\n' for c, (_, _, f) in enumerate(choices)]
         if include_usage:
             parts.append(head_fmt + b'],"usage":' + orjson.dumps(usage) + b'}\n\n')
-        parts.append(DONE)
-        return b"".join(parts)
+        return parts
 
     steps = max((len(p) for _, p, _ in choices), default=0)
-    return TokenStream(req, app.latency, app.config, steps, chunk, role, tail, sse_error)
+    return TokenStream(app, req, plan, steps, chunk, role, tail, sse_error, timing)
 
 
 def register(app):

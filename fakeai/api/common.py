@@ -16,7 +16,8 @@ import zlib
 
 import orjson
 
-from fakeai.engine.generation import Deferred, now_ns
+from fakeai.engine.generation import Deferred
+from fakeai.engine.latency import timing_requested
 from fakeai.engine.textgen import apply_stop
 from fakeai.server.response import JSON, ApiError, Response
 
@@ -210,14 +211,18 @@ def fake_logprob(rng, piece: str) -> float:
     return -round(rng.random() ** 3 * 2.5 + 0.0001, 6)
 
 
-def respond(app, req, payload, choices):
-    """A whole (non-stream) answer, sent when its last token would have been: at once if that has passed."""
+def respond(app, req, payload, choices, plan, timing):
+    """A whole (non-stream) answer, sent when its last token would have been."""
+    if timing:
+        return Deferred(app, req, Response(200, orjson.dumps(payload), JSON), plan,
+                        max((len(p) for _, p, _ in choices), default=0), True)
     resp = Response(200, orjson.dumps(payload), JSON)
-    latency = app.latency
-    if latency.instant:
+    if plan.instant and app.slots.free:
         return resp
-    steps = max((len(p) for _, p, _ in choices), default=0)
-    deadline = latency.last_token_ns(req.t0_ns + latency.first_token_ns(), steps)
-    if deadline <= now_ns():
-        return resp
-    return Deferred(req, resp, deadline)
+    return Deferred(app, req, resp, plan, max((len(p) for _, p, _ in choices), default=0), False)
+
+
+def admit_check(app, req, body, model, prompt_tokens):
+    """Queue room (429 when full), the request's latency plan and whether it wants the timing record."""
+    app.slots.check()
+    return app.latency.plan(model, prompt_tokens), timing_requested(app.config, req, body)

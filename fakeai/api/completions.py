@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 
 from fakeai.api import common as C
-from fakeai.engine.generation import DONE, TokenStream, sse_error, step_renderer
+from fakeai.engine.generation import TokenStream, sse_error, step_renderer
 from fakeai.server.response import ApiError
 
 FINGERPRINT = "fp_fakeai"
@@ -95,6 +95,7 @@ def create(app, req):
             choices.append((start, pieces, finish))
             echo_texts.append(text if echo else "")
     completion = sum(len(p) for _, p, _ in choices)
+    plan, timing = C.admit_check(app, req, body, model, prompt_total)
     usage = C.usage(prompt_total, completion)
     lps = None
     if k is not None:
@@ -103,17 +104,19 @@ def create(app, req):
     cid = C.new_id("cmpl")
     created = C.now_s()
     if stream:
-        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, echo_texts, lps)
+        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, echo_texts, lps,
+                       plan, timing)
     payload = {
         "id": cid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"text": echo_texts[i] + "".join(pieces), "index": i, "logprobs": lps[i] if lps else None,
                      "finish_reason": finish} for i, (_, pieces, finish) in enumerate(choices)],
         "usage": usage, "system_fingerprint": FINGERPRINT,
     }
-    return C.respond(app, req, payload, choices)
+    return C.respond(app, req, payload, choices, plan, timing)
 
 
-def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, echo_texts, lps):
+def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, echo_texts, lps, plan,
+            timing):
     head = (b'data: {"id":"' + cid.encode() + b'","object":"text_completion","created":' + str(created).encode() +
             b',"model":' + orjson.dumps(model) + b',"system_fingerprint":"' + FINGERPRINT.encode() + b'","choices":[')
     usage_null = b',"usage":null' if include_usage else b""
@@ -149,11 +152,10 @@ def _stream(app, req, model, cid, created, choices, usage, include_usage, contin
                  usage_null + b'}\n\n' for c, (_, _, f) in enumerate(choices)]
         if include_usage:
             parts.append(head + b'],"usage":' + orjson.dumps(usage) + b'}\n\n')
-        parts.append(DONE)
-        return b"".join(parts)
+        return parts
 
     steps = max((len(p) for _, p, _ in choices), default=0)
-    return TokenStream(req, app.latency, app.config, steps, chunk, first, tail, sse_error)
+    return TokenStream(app, req, plan, steps, chunk, first, tail, sse_error, timing)
 
 
 def register(app):

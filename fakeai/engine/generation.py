@@ -1,27 +1,33 @@
-"""Token timing: the latency model, SSE token streams and delayed whole responses.
+"""Token timing: SSE token streams and delayed whole responses, paced by the token scheduler.
 
 Strategy. A request's clock starts when its head was parsed (t0, monotonic
-ns). Token i is due at the absolute deadline first + i*itl + jitter_i, with
-first = t0 + ttft (+ response_delay) and jitter_i drawn per token and never
-accumulated (no chain of relative sleeps, so no drift), clamped so deadlines
-never go backwards. A TokenStream keeps only its NEXT deadline in the loop's
-token scheduler (`_speedups.scheduler`: a timerfd-backed heap in the compiled
-twin); when it fires, every step already due is joined into one write (a
-stream that fell behind catches up in one syscall), then the next deadline
-is armed. Keep-alive comments, the per-token timeout and the whole-stream
-timeout are just other deadlines of the same stream, so a stream holds at
-most one timer at any moment and `cancel()` drops it in O(log n).
-A non-streaming answer is a Deferred: written whole when its last token
-would have been, or at once when that moment has passed.
+ns). It first takes a running slot (engine/latency.py `Slots`; it may wait
+in the queue: that wait is part of its TTFT). At admission its first token is
+due at admit + prefill (+ response_delay) and token i at first + i*itl +
+jitter_i, jitter drawn per token around that absolute grid and never
+accumulated (no chain of relative sleeps, so no drift), clamped so a gap is
+never negative. A TokenStream keeps only its NEXT deadline in the loop's token
+scheduler (`_speedups.scheduler`: a timerfd-backed heap in the compiled twin);
+when it fires, every step already due is joined into one write (a stream
+that fell behind catches up in one syscall), then the next deadline is
+armed. Keep-alive comments, the per-token timeout and the whole-stream
+timeout are other deadlines of the same stream, so a stream holds at most
+one timer at any moment and `cancel()` drops it in O(log n). A non-streaming
+answer is a Deferred: written whole when its last token would have been.
+
+Each write's lateness (time the bytes are handed to the socket - the
+token's deadline) feeds the app's histogram; when the client asked for the
+timing record, targets and actual times are kept per token and attached to
+the last SSE event before [DONE] (or the JSON body) as `fakeai_timing`.
 """
 from __future__ import annotations
 
-import random
+from array import array
 
 import orjson
 
 from fakeai._speedups import load
-from fakeai.server.response import Stream
+from fakeai.server.response import Response, Stream
 
 _sched = load("scheduler")
 get_scheduler = _sched.get_scheduler
@@ -32,107 +38,137 @@ DONE = b"data: [DONE]\n\n"
 _SLACK_NS = 20_000  # tokens due within this much of "now" leave in the same write
 
 
-class LatencyModel:
-    """TTFT / ITL in ns from the options; jitter is uniform +/- variance."""
-
-    __slots__ = ("ttft", "itl", "ttft_var", "itl_var", "delay", "delay_var")
-
-    def __init__(self, cfg):
-        self.ttft = int(cfg.ttft_ms * 1e6)
-        self.itl = int(cfg.itl_ms * 1e6)
-        self.ttft_var = cfg.ttft_variance_pct / 100.0
-        self.itl_var = cfg.itl_variance_pct / 100.0
-        self.delay = int(cfg.response_delay * 1e9)
-        self.delay_var = cfg.max_variance if cfg.random_delay else 0.0
-
-    def first_token_ns(self, rand=random.random) -> int:
-        """TTFT for one request (response_delay included)."""
-        t = self.ttft
-        if self.ttft_var and t:
-            t = int(t * (1.0 + self.ttft_var * (2.0 * rand() - 1.0)))
-        d = self.delay
-        if self.delay_var and d:
-            d = int(d * (1.0 + self.delay_var * (2.0 * rand() - 1.0)))
-        return t + d
-
-    def last_token_ns(self, first: int, n: int) -> int:
-        return first + max(n - 1, 0) * self.itl
-
-    @property
-    def instant(self) -> bool:
-        return not (self.ttft or self.itl or self.delay)
+def timing_json(t0, plan, targets, actuals) -> bytes:
+    """The compact timing record: offsets from t0 in microseconds."""
+    return orjson.dumps({
+        "t0_ns": t0, "unit": "us", "queue_us": plan.queue_ns // 1000,
+        "target_us": [(t - t0) // 1000 for t in targets], "actual_us": [(a - t0) // 1000 for a in actuals],
+    })
 
 
-class Deferred(Stream):
-    """A whole response held until `deadline_ns` (a non-streaming completion)."""
+class _Job(Stream):
+    """Shared by both: slot admission, the app hooks, cancellation state."""
 
-    __slots__ = ("req", "response", "deadline", "handle", "conn")
-    writes_head = False
+    __slots__ = ()
 
-    def __init__(self, req, response, deadline_ns: int):
-        self.req = req
-        self.response = response
-        self.deadline = deadline_ns
-        self.handle = None
-        self.conn = None
-
-    def start(self, conn):
+    def _enter(self, conn):
         self.conn = conn
-        self.handle = get_scheduler(conn.loop).call_at(self.deadline, self._fire)
+        self.sched = get_scheduler(conn.loop)
+        self.app.slots.acquire(self)
 
-    def _fire(self, _arg, _now):
-        self.handle = None
-        self.conn.deliver_later(self.req, self.response)
+    def _leave(self):
+        if self.admitted:
+            self.admitted = False
+            self.app.slots.release()
+        elif not self.cancelled:
+            self.app.slots.discard(self)
 
     def cancel(self):
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        self._leave()
+        self.cancelled = True
+        self.conn = None
 
 
-class TokenStream(Stream):
-    """An SSE body: `steps` token steps, each rendered by `chunk(i)`, paced by the latency model.
+class Deferred(_Job):
+    """A whole response, written when its last token is due (a non-streaming completion)."""
 
-    `head` is written together with step 0 (chat's role chunk), `tail()` after
-    the last step ([DONE] included). Each step may carry several choices.
+    __slots__ = ("app", "req", "response", "plan", "steps", "handle", "conn", "sched", "admitted", "cancelled",
+                 "timing", "deadline")
+    writes_head = False
+
+    def __init__(self, app, req, response: Response, plan, steps: int, timing: bool):
+        self.app = app
+        self.req = req
+        self.response = response
+        self.plan = plan
+        self.steps = steps
+        self.timing = timing
+        self.handle = self.conn = self.sched = None
+        self.admitted = self.cancelled = False
+        self.deadline = 0
+
+    def start(self, conn):
+        self._enter(conn)
+
+    def admit(self, now, mult):
+        self.admitted = True
+        plan = self.plan
+        plan.mult = mult
+        plan.queue_ns = now - self.req.t0_ns
+        self.deadline = now + plan.first_token_ns() + max(self.steps - 1, 0) * plan.itl_ns
+        self.handle = self.sched.call_at(self.deadline, self._fire)
+
+    def _fire(self, _arg, now):
+        self.handle = None
+        conn = self.conn
+        self._leave()
+        self.conn = None
+        resp = self.response
+        if self.timing:
+            t0 = self.req.t0_ns
+            rec = timing_json(t0, self.plan, [self.deadline], [now_ns()])
+            resp = Response(resp.status, resp.body[:-1] + b',"fakeai_timing":' + rec + b"}", resp.content_type,
+                            resp.headers)
+        self.app.lateness.add(now - self.deadline)
+        conn.deliver_later(self.req, resp)
+
+
+class TokenStream(_Job):
+    """An SSE body: `steps` token steps, each rendered by `chunk(i)`, paced by the request's Plan.
+
+    `head` is written together with step 0 (chat's role chunk); `tail()` returns
+    the closing events as a list of bytes (each ending in b"}\\n\\n"), written
+    after the last step, then [DONE].
     """
 
-    __slots__ = ("conn", "sched", "model", "steps", "chunk", "head", "tail", "i", "deadline", "handle",
-                 "waiting", "t0", "first", "last_write", "last_token", "cfg_ka", "cfg_tok_to", "cfg_stream_to", "error_chunk", "rand",
-                 "on_end")
+    __slots__ = ("app", "req", "plan", "conn", "sched", "steps", "chunk", "head", "tail", "i", "deadline", "handle",
+                 "waiting", "t0", "first", "itl", "last_write", "last_token", "cfg_ka", "cfg_tok_to",
+                 "cfg_stream_to", "error_chunk", "admitted", "cancelled", "targets", "actuals")
 
-    def __init__(self, req, model: LatencyModel, cfg, steps: int, chunk, head: bytes, tail, error_chunk,
-                 on_end=None):
-        self.conn = None
-        self.sched = None
-        self.model = model
+    def __init__(self, app, req, plan, steps: int, chunk, head: bytes, tail, error_chunk, timing: bool):
+        cfg = app.config
+        self.app = app
+        self.req = req
+        self.plan = plan
+        self.conn = self.sched = self.handle = None
         self.steps = steps
         self.chunk = chunk
         self.head = head
         self.tail = tail
         self.error_chunk = error_chunk  # (message, code) -> bytes of an SSE error event
-        self.on_end = on_end
         self.i = 0
         self.t0 = req.t0_ns
-        self.rand = random.random
-        self.first = self.deadline = self.t0 + model.first_token_ns(self.rand)
-        self.handle = None
+        self.first = self.deadline = 0
+        self.itl = 0
         self.waiting = False
+        self.admitted = self.cancelled = False
         self.last_write = self.last_token = self.t0  # keep-alives move the first only
         self.cfg_ka = int(cfg.stream_keepalive_interval_seconds * 1e9) if cfg.stream_keepalive_enabled else 0
         self.cfg_tok_to = int(cfg.stream_token_timeout_seconds * 1e9)
         self.cfg_stream_to = int(cfg.stream_timeout_seconds * 1e9)
+        self.targets = array("q") if timing else None
+        self.actuals = array("q") if timing else None
 
     def start(self, conn):
-        self.conn = conn
-        self.sched = get_scheduler(conn.loop)
-        self._arm(now_ns())
+        self._enter(conn)
+        if not self.admitted and self.handle is None:  # queued: keep-alives and timeouts still run
+            self._arm(now_ns())
 
-    def cancel(self):
+    def admit(self, now, mult):
+        self.admitted = True
+        plan = self.plan
+        plan.mult = mult
+        plan.queue_ns = now - self.t0
+        self.itl = plan.itl_ns
+        self.first = self.deadline = now + plan.first_token_ns()
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
-        self.conn = None
+        if self.sched is not None:
+            self._arm(now)
 
     def resume(self):
         if self.waiting and self.conn is not None:
@@ -142,14 +178,16 @@ class TokenStream(Stream):
     # -- internals
     def _arm(self, now):
         """Arm the one timer this stream holds: next token, or keep-alive, or a timeout."""
-        d = self.deadline
-        when, fn = d, self._tick
         limit = self.t0 + self.cfg_stream_to
-        if d > limit:
+        if self.admitted:
+            when, fn = self.deadline, self._tick
+            tok_limit = self.last_token + self.cfg_tok_to
+            if tok_limit < when:
+                when, fn = tok_limit, self._token_timeout
+        else:
             when, fn = limit, self._stream_timeout
-        tok_limit = self.last_token + self.cfg_tok_to
-        if tok_limit < when:
-            when, fn = tok_limit, self._token_timeout
+        if when > limit:
+            when, fn = limit, self._stream_timeout
         if self.cfg_ka and self.last_write + self.cfg_ka < when:
             when, fn = self.last_write + self.cfg_ka, self._keepalive
         self.handle = self.sched.call_at(when, fn)
@@ -167,30 +205,57 @@ class TokenStream(Stream):
         steps = self.steps
         parts = [self.head] if i == 0 and self.head else []
         horizon = now + _SLACK_NS
-        itl = self.model.itl
-        var = self.model.itl_var
+        itl = self.itl
+        plan = self.plan
+        frac = plan.itl_frac
+        sample = plan.sample
         d = self.deadline
+        first = self.first
+        due = []
         while i < steps and d <= horizon:
             parts.append(chunk(i))
+            due.append(d)
             i += 1
-            if var:
-                nd = self.first + i * itl + int(itl * var * (2.0 * self.rand() - 1.0))
+            if frac:
+                nd = first + (i - 1) * itl + int(sample(itl, frac))
                 if nd > d:
                     d = nd
             else:
-                d = self.first + i * itl
+                d = first + i * itl
         self.i = i
         self.deadline = d
         self.last_write = self.last_token = now
-        if i >= steps:
-            parts.append(self.tail())
+        finished = i >= steps
+        if finished:
+            tail = self.tail()
+            if self.targets is not None:
+                self._record(due)
+                last = tail[-1]
+                tail[-1] = last[:-3] + b',"fakeai_timing":' + timing_json(self.t0, plan, self.targets,
+                                                                           self.actuals) + b"}\n\n"
+            parts += tail
+            parts.append(DONE)
             self.conn = None
-            if self.on_end is not None:
-                self.on_end()
+            self._leave()
             conn.stream_end(b"".join(parts), 200)
+            if self.targets is None:
+                self._record(due)
             return
+        self._record(due)
         conn.stream_send(b"".join(parts))
         self._arm(now)
+
+    def _record(self, due):
+        """Lateness of each token in this write; the timing record when asked for."""
+        if not due:
+            return
+        t = now_ns()
+        add = self.app.lateness.add
+        for d in due:
+            add(t - d)
+        if self.targets is not None:
+            self.targets.extend(due)
+            self.actuals.extend([t] * len(due))
 
     def _keepalive(self, _arg, now):
         self.handle = None
@@ -208,8 +273,7 @@ class TokenStream(Stream):
         if conn is None:
             return
         self.conn = None
-        if self.on_end is not None:
-            self.on_end()
+        self._leave()
         conn.stream_end(self.error_chunk(message, code) + DONE, 200)
 
     def _stream_timeout(self, _arg, now):

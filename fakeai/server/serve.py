@@ -20,6 +20,7 @@ import time
 import orjson
 
 from fakeai import __version__
+from fakeai.config import ConfigError
 from fakeai._speedups import active as speedups_active, load as load_speedup
 from fakeai.server import response as R
 from fakeai.server.http import HttpProtocol
@@ -73,9 +74,12 @@ class Server:
         app.server_stats = self.stats
 
     def stats(self) -> dict:
+        slots = self.app.slots
         return {"connections": len(self.connections),
                 "in_flight": sum(1 for c in self.connections if c.busy is not None),
-                "scheduled_timers": len(load_speedup("scheduler").get_scheduler(self.loop))}
+                "scheduled_timers": len(load_speedup("scheduler").get_scheduler(self.loop)),
+                "running": slots.running, "waiting": len(slots.waiting),
+                "token_lateness": self.app.lateness.summary()}
 
     def tick(self):
         self.now = now = time.monotonic()
@@ -146,15 +150,17 @@ def run(cfg, app_factory) -> int:
     """Serve until a signal; returns the exit status."""
     setup_logging(cfg)
     try:
+        app = app_factory(cfg)
+    except ConfigError as exc:  # options only the engine can check (latency profiles)
+        sys.stderr.write(f"fakeai: {exc}\n")
+        return 2
+    except RuntimeError as exc:  # e.g. strict_token_counting without encodings
+        log.error("%s", exc)
+        return 1
+    try:
         sock = bind(cfg)
     except OSError as exc:
         log.error("cannot bind %s:%s: %s", cfg.host, cfg.port, exc.strerror or exc)
-        return 1
-    try:
-        app = app_factory(cfg)
-    except RuntimeError as exc:  # e.g. strict_token_counting without encodings
-        log.error("%s", exc)
-        sock.close()
         return 1
     loop = new_loop()
     asyncio.set_event_loop(loop)
