@@ -165,7 +165,7 @@ SMUGGLE = [
     b"Connection: closed", b"Connection: close\x00", b"Expect: 100-continue", b"Expect: 100-Continue,foo",
     b"X-Nul: a\x00b", b"X-Ctl: a\x01b", b"X-Del: a\x7fb", b"X-Hi: caf\xc3\xa9", b"X-CR: a\rb",
     b"X-LF: a\nb", b"X-VT: a\x0bb", b"X-FF:\x0ca", b"NoColon", b":empty-name", b"X-A:b\x85",
-    b"X-Sp :b", b"X\t:b", b"X-Trail: b \t", b"x:\x00", b"", b"Upgrade: h2c", b"X-Long: " + b"v" * 300,
+    b"X-Sp :b", b"X\t:b", b"\rX: b", b"\r", b"X: b\r\r", b"X-Trail: b \t", b"x:\x00", b"", b"Upgrade: h2c", b"X-Long: " + b"v" * 300,
 ]
 VERSIONS = [b"HTTP/1.0", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b"HTTP/01.1", b"HTTP/1.10", b"HTTP/1.",
             b"HTTP/1.1\r", b" HTTP/1.1", b"HTTP/1.1\x00", b"HTTP/0.9", b"HTTP/1.9"]
@@ -214,6 +214,41 @@ PIECES = [b"GET", b"POST", b" ", b" ", b"/", b"/x", b"HTTP/1.1", b"HTTP/1.0", b"
 grammar_fuzz = st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join)
 
 
+def slot(valid, *invalid):
+    """A slot that is mostly (about 9 in 10) filled validly."""
+    valid = valid if isinstance(valid, list) else [valid]
+    return st.sampled_from(valid * (9 * len(invalid))).flatmap(
+        lambda v: st.sampled_from([v] * 9 + list(invalid)))
+
+
+@st.composite
+def structured_fuzz(draw):
+    """Heads built slot by slot, each slot mostly valid: many near misses."""
+    eol = slot(b"\r\n", b"\n", b"\r", b"\r\r\n", b"", b"\n\r")
+    sp = slot(b" ", b"", b"  ", b"\t", b"\x00")
+    out = [draw(slot([b"GET", b"POST", b"g"], b"", b"G(T", b"GET\x00", b"\x16")), draw(sp),
+           draw(slot([b"/", b"/x?y", b"*"], b"", b"/\x7f", b"/\x80", b"/a b")), draw(sp),
+           draw(slot(b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.1 ", b"HTTP/11", b"", b"HTTP/2", b"HTTP/1.1\r")),
+           draw(eol)]
+    nlines = draw(st.integers(0, 6))
+    host_at = draw(st.integers(-1, nlines))  # -1: no Host line of our own
+    for k in range(nlines + 1):
+        if k == host_at:
+            out += [b"Host: h", draw(eol)]
+        if k == nlines:
+            break
+        out += [draw(slot([b"X-A"] * 6 + [b"Host", b"host", b"Content-Length", b"Transfer-Encoding", b"Connection",
+                           b"Expect"], b"", b" Host", b"Host ", b"\tX", b"X\x00", b"\rX",
+                           b"Content-Length\x00")),
+                draw(slot([b":", b": ", b":\t"], b" :", b"", b"::")),
+                draw(slot([b"a", b"", b"5", b"05", b"5,5", b"chunked", b"close", b"100-continue", b"a b",
+                           b" \t"], b"\x00", b"\xff", b"\r", b"x\ny", b"x\rb", b"\x0b", b"a\r\n b")),
+                draw(slot(b"", b" ", b"\t", b"\x0c")),
+                draw(eol)]
+    out.append(draw(eol))
+    return b"".join(out)
+
+
 @st.composite
 def framed(draw, payloads):
     """(buf, start, max_head): junk before start, bytes or bytearray, max_head
@@ -244,7 +279,7 @@ def test_differential_mutated_and_smuggling(hp, case):
 
 
 @DIFF
-@given(framed(st.one_of(grammar_fuzz, st.binary(max_size=200))))
+@given(framed(st.one_of(structured_fuzz(), structured_fuzz(), grammar_fuzz, st.binary(max_size=200))))
 def test_differential_fuzz_and_random_bytes(hp, case):
     check_against_h11(hp, *case)
 
@@ -262,7 +297,7 @@ def test_differential_every_prefix(hp, data):
 @settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.filter_too_much])
-@given(framed(st.one_of(requests(), mutated(), grammar_fuzz, st.binary(max_size=100))))
+@given(framed(st.one_of(requests(), mutated(), structured_fuzz(), grammar_fuzz, st.binary(max_size=100))))
 def test_twins_agree(case):
     pure, comp = _speedups.pure("httpparse"), _speedups.compiled("httpparse")
     assert pure.parse_head(*case) == comp.parse_head(*case)
@@ -409,6 +444,8 @@ def test_content_length(hp, value, expected):
     b"X : a\r\n",
     b": a\r\n",
     b"NoColon\r\n",
+    b"\rX: b\r\n",
+    b"X: b\r\r\n",
 ])
 def test_deferred_heads(hp, extra):
     data = b"POST / HTTP/1.1\r\nHost: h\r\n" + extra + b"\r\n" + b"hello"
@@ -417,7 +454,7 @@ def test_deferred_heads(hp, extra):
 
 @pytest.mark.parametrize("request_line", [
     b"GET / HTTP/1.0", b"GET / HTTP/2.0", b"GET / http/1.1", b"GET / HTTP/1.1 ", b"GET  / HTTP/1.1",
-    b"GET /  HTTP/1.1", b" GET / HTTP/1.1", b"GET / HTTP/1.10", b"GET /\x00 HTTP/1.1", b"G(T / HTTP/1.1",
+    b"GET /  HTTP/1.1", b"GET  HTTP/1.1", b"GET HTTP/1.1", b" / HTTP/1.1", b" GET / HTTP/1.1", b"GET / HTTP/1.10", b"GET /\x00 HTTP/1.1", b"G(T / HTTP/1.1",
     b"GET /caf\xc3\xa9 HTTP/1.1", b"GET", b"GET /", b"GET / ", b"", b"GET\t/ HTTP/1.1",
 ])
 def test_deferred_request_lines(hp, request_line):
