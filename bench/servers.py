@@ -134,6 +134,42 @@ def busy_processes(min_pct: float = 10.0, seconds: float = 0.5) -> list[str]:
     return sorted(out, reverse=True)
 
 
+def foreign_ticks() -> dict[int, int]:
+    """CPU ticks of every user-space process that is not this bench or one of
+    its descendants (servers, taskset/wrk).  Kernel threads are left out
+    (ksoftirqd may be doing our own loopback work)."""
+    mine = set(process_tree(os.getpid()))
+    out: dict[int, int] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        p = int(pid)
+        if p in mine:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        try:
+            ppid = int(fields[1])
+            if p == 2 or ppid == 2:  # kthreadd and kernel threads
+                continue
+            out[p] = int(fields[11]) + int(fields[12])
+        except (IndexError, ValueError):
+            pass
+    return out
+
+
+def foreign_cpu_pct(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
+    """Other processes' CPU use between two foreign_ticks() snapshots, in %
+    of one core (processes that exited in between are missed)."""
+    if seconds <= 0:
+        return 0.0
+    ticks = sum(t - before.get(p, 0) for p, t in after.items())
+    return 100.0 * ticks / CLK_TCK / seconds
+
+
 class Server:
     """One server process, pinned with taskset when cpu is not None."""
 

@@ -35,6 +35,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
         env = config_mod.ENV_PREFIX + o.name.upper()
         default = o.default if not o.secret else "(secret)"
         help_ = f"{o.help} [env {env}; default {default!r}]"
+        if o.name == "latency_profile":
+            from fakeai.engine.latency import PROFILES
+            help_ += " Profiles: " + ", ".join(PROFILES) + "."
         if o.type == "bool":
             g.add_argument(flag, *o.flags, dest=o.name, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=help_)

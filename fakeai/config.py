@@ -77,7 +77,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("latency_distribution", "str", "uniform", "Distribution of TTFT/ITL jitter.",
        choices=("uniform", "normal", "lognormal"), group="timing"),
     _o("latency_profile", "str", "none",
-       "Latency profile: none (the flat options), auto (by model name) or a profile name (see --help-profiles).",
+       "Latency profile: none (the flat options), auto (by model name) or a profile name.",
        group="timing"),
     _o("latency_profile_file", "str", "", "JSON/TOML/YAML file adding profiles and model-to-profile mappings.",
        group="timing"),

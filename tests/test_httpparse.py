@@ -217,8 +217,8 @@ grammar_fuzz = st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join)
 def slot(valid, *invalid):
     """A slot that is mostly (about 9 in 10) filled validly."""
     valid = valid if isinstance(valid, list) else [valid]
-    return st.sampled_from(valid * (9 * len(invalid))).flatmap(
-        lambda v: st.sampled_from([v] * 9 + list(invalid)))
+    return st.sampled_from(valid).flatmap(
+        lambda v: st.sampled_from([v] * (9 * len(invalid)) + list(invalid)))
 
 
 @st.composite
