@@ -179,13 +179,7 @@ def _stream(app, req, model, cid, created, choices, usage, include_usage, contin
                 b',"system_fingerprint":"' + FINGERPRINT.encode() + b'","choices":[')
     usage_null = b',"usage":null' if include_usage else b""
     prefixes = [head_fmt + b'{"index":%d,"delta":{"content":' % c for c in range(len(choices))]
-    jsons = []
-    gen = app.textgen
-    for start, pieces, _ in choices:
-        if pieces and len(pieces) <= gen.size and pieces == gen.pieces(start, len(pieces)):
-            jsons.append(gen.json_pieces(start, len(pieces)))
-        else:  # cut by a stop sequence: the last piece may be partial
-            jsons.append([orjson.dumps(p) for p in pieces])
+    jsons = C.token_jsons(app, choices)
     suffix = b'},"logprobs":null,"finish_reason":null}]' + usage_null + b'}\n\n'
     suffix_fn = None
     pt = usage["prompt_tokens"]

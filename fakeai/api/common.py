@@ -181,6 +181,18 @@ def plan_lengths(app, info, body, prompt_tokens, n_choices, rng, param="messages
     return out
 
 
+def token_jsons(app, choices) -> list[list[bytes]]:
+    """Per choice, its tokens as JSON string literals: precomputed slices, re-encoded only when a stop cut one."""
+    gen = app.textgen
+    out = []
+    for start, pieces, _ in choices:
+        if pieces and pieces == gen.pieces(start, len(pieces)):
+            out.append(gen.json_pieces(start, len(pieces)))
+        else:
+            out.append([orjson.dumps(p) for p in pieces])
+    return out
+
+
 def usage(prompt_tokens, completion_tokens, cached=0, audio_in=0):
     return {
         "prompt_tokens": prompt_tokens,

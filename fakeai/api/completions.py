@@ -121,13 +121,7 @@ def _stream(app, req, model, cid, created, choices, usage, include_usage, contin
             b',"model":' + orjson.dumps(model) + b',"system_fingerprint":"' + FINGERPRINT.encode() + b'","choices":[')
     usage_null = b',"usage":null' if include_usage else b""
     prefixes = [head + b'{"index":%d,"text":' % c for c in range(len(choices))]
-    gen = app.textgen
-    jsons = []
-    for start, pieces, _ in choices:
-        if pieces and pieces == gen.pieces(start, len(pieces)):
-            jsons.append(gen.json_pieces(start, len(pieces)))
-        else:
-            jsons.append([orjson.dumps(p) for p in pieces])
+    jsons = C.token_jsons(app, choices)
     suffix = b',"logprobs":null,"finish_reason":null}]' + usage_null + b'}\n\n'
     pt = usage["prompt_tokens"]
     suffix_fn = None
@@ -149,7 +143,8 @@ def _stream(app, req, model, cid, created, choices, usage, include_usage, contin
 
     def tail():
         parts = [head + b'{"index":%d,"text":"","logprobs":null,"finish_reason":"%s"}]' % (c, f.encode()) +
-                 usage_null + b'}\n\n' for c, (_, _, f) in enumerate(choices)]
+                 (b',"usage":' + orjson.dumps(C.usage(pt, len(choices[c][1]))) if continuous else usage_null) +
+                 b'}\n\n' for c, (_, _, f) in enumerate(choices)]
         if include_usage:
             parts.append(head + b'],"usage":' + orjson.dumps(usage) + b'}\n\n')
         return parts

@@ -360,12 +360,7 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error in %s %s (request id %s)", req.method, req.path, req.request_id)
             result = R.error_response(500, "The server had an error while processing your request.",
                                       "server_error", code="server_error")
-        if self.closed:
-            return
-        self.busy = None
-        self._deliver(req, result)
-        if self.busy is None:
-            self._after_response()
+        self.deliver_later(req, result)
 
     def _after_response(self):
         if self.closed:
@@ -443,7 +438,7 @@ class HttpProtocol(asyncio.Protocol):
         self._after_response()
 
     def deliver_later(self, req, result):
-        """For delayed non-stream responses: a Stream-like object finishing with a whole Response."""
+        """A result that was produced later (an async handler, a Deferred response)."""
         if self.closed:
             return
         self.busy = None
