@@ -57,6 +57,9 @@ PEER_ENV = {
     "FAKEAI_RATE_LIMITS__ENABLED": "false",
     "FAKEAI_AUTH__REQUIRE_API_KEY": "false",
     "PYTHONWARNINGS": "ignore",
+    # Never let an inherited PYTHONPATH put *our* fakeai in front of its own
+    # (Python treats an empty PYTHONPATH as unset).
+    "PYTHONPATH": "",
 }
 
 

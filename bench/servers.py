@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -134,12 +135,11 @@ def busy_processes(min_pct: float = 10.0, seconds: float = 0.5) -> list[str]:
     return sorted(out, reverse=True)
 
 
-def foreign_ticks() -> dict[int, int]:
-    """CPU ticks of every user-space process that is not this bench or one of
-    its descendants (servers, taskset/wrk).  Kernel threads are left out
-    (ksoftirqd may be doing our own loopback work)."""
-    mine = set(process_tree(os.getpid()))
-    out: dict[int, int] = {}
+def _foreign_snapshot(mine: set[int]) -> dict[int, tuple[int, int]]:
+    """pid -> (utime+stime ticks, CPU it last ran on) for every user-space
+    process that is not in `mine`; kernel threads are left out (ksoftirqd
+    may be doing our own loopback work)."""
+    out: dict[int, tuple[int, int]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -149,25 +149,53 @@ def foreign_ticks() -> dict[int, int]:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        try:
-            ppid = int(fields[1])
-            if p == 2 or ppid == 2:  # kthreadd and kernel threads
+            if p == 2 or int(fields[1]) == 2:  # kthreadd and its children
                 continue
-            out[p] = int(fields[11]) + int(fields[12])
-        except (IndexError, ValueError):
+            out[p] = (int(fields[11]) + int(fields[12]), int(fields[36]))
+        except (OSError, IndexError, ValueError):
             pass
     return out
 
 
-def foreign_cpu_pct(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
-    """Other processes' CPU use between two foreign_ticks() snapshots, in %
-    of one core (processes that exited in between are missed)."""
-    if seconds <= 0:
-        return 0.0
-    ticks = sum(t - before.get(p, 0) for p, t in after.items())
-    return 100.0 * ticks / CLK_TCK / seconds
+class ForeignLoad(threading.Thread):
+    """Samples, every `interval` s, the CPU time other people's processes use
+    and on which CPU, so that a run can be flagged when somebody else's job
+    shared the server's (or wrk's) core.  Use as a context manager."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.per_cpu: dict[int, int] = {}
+        self._halt = threading.Event()
+        self._t0 = self._t1 = 0.0
+
+    def __enter__(self) -> "ForeignLoad":
+        self._t0 = time.monotonic()
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self.join()
+        self._t1 = time.monotonic()
+
+    def run(self) -> None:
+        me = os.getpid()
+        prev = _foreign_snapshot(set(process_tree(me)))
+        while not self._halt.wait(self.interval):
+            cur = _foreign_snapshot(set(process_tree(me)))
+            for pid, (ticks, cpu) in cur.items():
+                d = ticks - prev.get(pid, (0, cpu))[0]  # new process: all of it
+                if d > 0:
+                    self.per_cpu[cpu] = self.per_cpu.get(cpu, 0) + d
+            prev = cur
+
+    def pct(self) -> dict[int, float]:
+        """Other processes' CPU use per CPU, in % of that CPU."""
+        secs = (self._t1 or time.monotonic()) - self._t0
+        if secs <= 0:
+            return {}
+        return {c: 100.0 * t / CLK_TCK / secs for c, t in sorted(self.per_cpu.items())}
 
 
 class Server:
@@ -202,7 +230,9 @@ class Server:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
-        full_env = dict(os.environ)
+        # No inherited FAKEAI_* settings: both servers read them, and a
+        # stray one (API keys, latencies) would skew the comparison.
+        full_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FAKEAI_")}
         if self.env:
             full_env.update(self.env)
         self.proc = subprocess.Popen(
