@@ -508,6 +508,8 @@ def test_max_head_boundaries(hp):
     assert check_against_h11(hp, part, 0, len(part) - 1) == hp.DEFER
     assert hp.parse_head(b"", 0, 0) is None
     assert hp.parse_head(b"G", 0, 0) == hp.DEFER
+    assert hp.parse_head(b"", 0, -1) == hp.DEFER
+    assert hp.parse_head(GET_HEAD, 0, -5) == hp.DEFER
 
 
 def test_huge_heads(hp):

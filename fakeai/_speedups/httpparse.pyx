@@ -221,6 +221,8 @@ cdef object _parse(const unsigned char* p, Py_ssize_t s, Py_ssize_t n, Py_ssize_
     cdef list headers
     cdef char* w
 
+    if max_head < 0:
+        return _DEFER
     lim = n if max_head >= n - s else s + max_head
     hend = _find_head_end(p, s, lim)
     if hend < 0:

@@ -259,8 +259,9 @@ class HttpProtocol(asyncio.Protocol):
                 body = bytes(self.h11_body)
                 self.h11_body = None
                 self.buf = bytearray(leftover)
-                keep_alive = req.http_version == b"1.1" and not any(
-                    k == b"connection" and b"close" in v.lower() for k, v in req.headers)
+                keep_alive = req.http_version == b"1.1" and not any(  # h11's rule: the token, not a substring
+                    k == b"connection" and b"close" in [t.strip() for t in v.lower().split(b",")]
+                    for k, v in req.headers)
                 self._dispatch(req.method, req.target, list(req.headers), body, keep_alive,
                                req.http_version != b"1.1")
                 if self.busy is None and not self.closed:
