@@ -100,19 +100,21 @@ def aclient(server):
     return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="test-key", max_retries=0)
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close=True) -> bytes:
+def read_until_close(s: socket.socket) -> bytes:
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except socket.timeout:
+        pass
+    return out
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send bytes on a fresh connection; read until the server closes (or timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-                if not read_until_close:
-                    break
-        except socket.timeout:
-            pass
-        return out
+        return read_until_close(s)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ServerProc, raw_request
+from conftest import ServerProc, raw_request, read_until_close
 
 CHAT = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode()
 
@@ -65,12 +65,7 @@ def test_bytes_one_at_a_time(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         for b in data:
             s.send(bytes([b]))
-        out = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
+        out = read_until_close(s)
     assert out.startswith(b"HTTP/1.1 200")
 
 
@@ -105,12 +100,7 @@ def test_expect_100_continue(server):
                   b"Expect: 100-continue\r\nConnection: close\r\n\r\n" % len(CHAT))
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(CHAT)
-        out = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
+        out = read_until_close(s)
     assert out.startswith(b"HTTP/1.1 200")
 
 
@@ -143,12 +133,7 @@ def test_slowloris_head_timeout():
         with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
             c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             t = time.monotonic()
-            out = b""
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                out += d
+            out = read_until_close(c)
             waited = time.monotonic() - t
         assert out.startswith(b"HTTP/1.1 408")
         assert 0.5 < waited < 5
