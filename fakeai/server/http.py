@@ -61,7 +61,7 @@ _STREAM_FRAMING_CLOSE = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("server", "router", "cfg", "loop", "transport", "client", "buf", "head", "sent_continue",
                  "h11", "h11_req", "h11_body", "busy", "keep_alive", "req", "chunked", "write_paused",
-                 "read_paused", "sent", "over_limit", "last_activity", "head_started", "closed", "eof", "n_requests")
+                 "read_paused", "sent", "over_limit", "last_activity", "head_started", "closed")
 
     def __init__(self, server):
         # shared state
@@ -76,9 +76,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.closed = False
-        self.eof = False
         self.last_activity = 0.0
-        self.n_requests = 0
         # per request
         self.head = None  # parsed fast-path head awaiting its body
         self.sent_continue = False
@@ -124,7 +122,6 @@ class HttpProtocol(asyncio.Protocol):
         # A half-closed client may still wait for the answer in flight.
         if self.busy is not None:
             self.keep_alive = False
-            self.eof = True
             return True
         return False
 
@@ -294,7 +291,6 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, method_b, target_b, headers, body, keep_alive, http10):
         t0 = _monotonic_ns()
-        self.n_requests += 1
         self.keep_alive = keep_alive
         if self.over_limit:
             self.keep_alive = False

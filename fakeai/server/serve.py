@@ -67,7 +67,6 @@ class Server:
         self.rid_counter = 0
         self.now = time.monotonic()
         self.extra_headers = None  # [(name, value)] added to every response (policy layers)
-        self.stopping = False
         self._log_access = config.access_log and access.isEnabledFor(logging.INFO)
         self._json_log = config.log_format == "json"
         self._tick_handle = None
@@ -106,7 +105,6 @@ class Server:
             self.on_response(req, 499, 0, req.client)
 
     async def shutdown(self, listener):
-        self.stopping = True
         listener.close()
         for conn in list(self.connections):
             conn.shutdown_idle()
