@@ -225,13 +225,10 @@ def fake_logprob(rng, piece: str) -> float:
 
 def respond(app, req, payload, choices, plan, timing):
     """A whole (non-stream) answer, sent when its last token would have been."""
-    if timing:
-        return Deferred(app, req, Response(200, orjson.dumps(payload), JSON), plan,
-                        max((len(p) for _, p, _ in choices), default=0), True)
     resp = Response(200, orjson.dumps(payload), JSON)
-    if plan.instant and app.slots.free:
+    if plan.instant and app.slots.free and not timing:
         return resp
-    return Deferred(app, req, resp, plan, max((len(p) for _, p, _ in choices), default=0), False)
+    return Deferred(app, req, resp, plan, max((len(p) for _, p, _ in choices), default=0), timing)
 
 
 def admit_check(app, req, body, model, prompt_tokens):

@@ -36,7 +36,7 @@ now_ns = _sched.now_ns
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
-_SLACK_NS = 20_000  # tokens due within this much of "now" leave in the same write
+_SLACK_NS = _sched.SLACK_NS  # tokens due within the scheduler's batching window leave in the same write
 
 
 def timing_json(t0, plan, targets, actuals) -> bytes:

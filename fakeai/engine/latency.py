@@ -171,8 +171,6 @@ class LatencyModel:
         self.delay = int(cfg.response_delay * 1e9)
         self.delay_frac = cfg.max_variance if cfg.random_delay else 0.0
         self._by_model: dict[str, tuple[float, float, float]] = {}
-        flat = self._numbers(None)
-        self.flat_instant = not (flat[0] or flat[2] or self.delay)
 
     def profile_for(self, model: str) -> Profile | None:
         name = self.model_map.get(model)

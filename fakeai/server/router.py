@@ -9,7 +9,7 @@ with an Allow header; nothing matching gives 404, both in OpenAI's shape.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import orjson
 
@@ -22,7 +22,7 @@ class Request:
     """What a handler receives: it never sees the socket or h11."""
 
     __slots__ = ("method", "path", "query_string", "headers", "body", "client", "request_id", "t0_ns",
-                 "params", "_json", "_query")
+                 "params", "_json")
 
     def __init__(self, method: str, path: str, query_string: str, headers: list, body: bytes, client,
                  request_id: str, t0_ns: int):
@@ -36,19 +36,12 @@ class Request:
         self.t0_ns = t0_ns  # monotonic ns when the request head was complete
         self.params: dict[str, str] = {}
         self._json = None
-        self._query = None
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:
             if k == name:
                 return v
         return default
-
-    @property
-    def query(self) -> dict[str, str]:
-        if self._query is None:
-            self._query = dict(parse_qsl(self.query_string, keep_blank_values=True))
-        return self._query
 
     def json(self) -> dict:
         """The body as a JSON object, or a 400 in OpenAI's words."""

@@ -188,7 +188,6 @@ def run(cfg, app_factory) -> int:
     try:
         loop.run_until_complete(stop)
         loop.run_until_complete(server.shutdown(listener))
-        loop.run_until_complete(listener.wait_closed()) if sys.version_info < (3, 12) else None
     finally:
         for task in asyncio.all_tasks(loop):
             task.cancel()
