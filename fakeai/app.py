@@ -5,9 +5,10 @@ adds its routes; handlers reach shared engine state through `app`.
 """
 from __future__ import annotations
 
-from fakeai.api import chat, completions, health, models
+from fakeai.api import chat, completions, health, kvcache, models
 from fakeai.engine.catalog import Catalog
 from fakeai.engine.generation import now_ns
+from fakeai.engine.kv import KVSim
 from fakeai.engine.latency import LatencyModel, Lateness, Slots
 from fakeai.engine.textgen import TextGen
 from fakeai.engine.tokenizer import Tokenizer
@@ -24,6 +25,7 @@ class App:
         self.latency = LatencyModel(config)  # may raise ConfigError (profile options)
         self.slots = Slots(config, now_ns)
         self.lateness = Lateness()
+        self.kv = KVSim(config)
         self.server_stats = None  # set by the serving process: () -> {connections, in_flight, scheduled_timers}
-        for module in (health, models, chat, completions):
+        for module in (health, models, chat, completions, kvcache):
             module.register(self)

@@ -114,6 +114,40 @@ OPTIONS: tuple[Option, ...] = (
        group="streaming"),
     _o("stream_keepalive_interval_seconds", "float", 15.0, "Seconds between keep-alive comments.",
        min=0.01, max=3600, group="streaming"),
+    # --- kv cache (engine/kv.py)
+    _o("kv_cache_enabled", "bool", True, "Simulate the KV cache: block prefix caching, KV-aware routing, events.",
+       group="kv_cache"),
+    _o("kv_cache_block_size", "int", 16, "Tokens per KV cache block (hits are whole blocks).", min=1, max=128,
+       group="kv_cache"),
+    _o("kv_cache_num_workers", "int", 4, "Simulated workers, each with its own block table, behind the KV router.",
+       min=1, max=64, group="kv_cache"),
+    _o("kv_overlap_weight", "float", 1.0,
+       "Router cost = weight x blocks not cached on the worker + blocks pinned there by running requests.",
+       min=0.0, max=2.0, group="kv_cache"),
+    _o("kv_cache_capacity_blocks", "int", 16384, "Blocks each worker holds; beyond, LRU unpinned blocks are evicted.",
+       min=1, max=10_000_000, group="kv_cache"),
+    _o("enable_prompt_caching", "bool", True,
+       "Reuse cached prefixes: usage.prompt_tokens_details.cached_tokens and a shorter prefill on a hit.",
+       group="kv_cache"),
+    _o("cache_ttl_seconds", "float", 600.0, "Seconds an unused cached block lives (0 = until evicted).",
+       min=0, max=86400 * 365, group="kv_cache"),
+    _o("min_tokens_for_cache", "int", 1024, "Prompts shorter than this are neither looked up nor cached.",
+       min=1, max=10_000_000, group="kv_cache"),
+    # --- websocket (server/ws.py)
+    _o("ws_max_message_size", "int", 16 * 1024 * 1024,
+       "Largest WebSocket message in bytes, counted after permessage-deflate inflation (larger: close 1009).",
+       min=1024, max=1 << 30, group="websocket"),
+    _o("ws_max_send_buffer", "int", 16 * 1024 * 1024,
+       "Bytes queued for a WebSocket client that is not reading; beyond, the server closes it with 1008.",
+       min=65536, max=1 << 32, group="websocket"),
+    _o("ws_ping_interval", "float", 20.0,
+       "Seconds a WebSocket client may stay silent before the server pings it (0: never ping).",
+       min=0, max=86400, group="websocket"),
+    _o("ws_ping_timeout", "float", 20.0,
+       "Seconds to wait for any byte after a ping (else close 1011) and for the client's close frame.",
+       min=0.1, max=3600, group="websocket"),
+    _o("ws_permessage_deflate", "bool", True, "Accept the permessage-deflate extension when a client offers it.",
+       group="websocket"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -124,6 +158,7 @@ SECTION_PREFIX = {
     "server": "", "response": "response", "timing": "", "latency": "", "limits": "", "logging": "log",
     "streaming": "stream", "generation": "", "context": "", "monitoring": "", "kv_cache": "kv_cache",
     "rate_limiting": "rate_limit", "authentication": "", "security": "", "moderation": "", "audio": "",
+    "websocket": "ws",
 }
 SECTION_ALIASES = {("response", "delay"): "response_delay", ("kv_cache", "overlap_weight"): "kv_overlap_weight"}
 

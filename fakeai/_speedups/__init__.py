@@ -9,7 +9,7 @@ import importlib
 import os
 
 NO_EXTENSIONS = bool(os.environ.get("FAKEAI_NO_EXTENSIONS"))
-MODULES = ("httpparse", "scheduler")
+MODULES = ("httpparse", "scheduler", "kvcache")
 
 
 def pure(name):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import struct
+import zlib
+from array import array
 
 import orjson
 
@@ -43,15 +45,53 @@ def audio_tokens(data_b64: str, fmt: str) -> int:
     return max(1, int(seconds * 10 + 0.999))
 
 
-def count_prompt(app, messages, encoding, tools=None) -> tuple[int, int]:
-    """-> (prompt_tokens, audio_tokens); validates the messages on the way."""
+# Synthetic ids for the chat template's special tokens (beyond any real vocabulary).
+_START, _MSG, _END, _NAME, _PRIME = range(0x7FFFFF00, 0x7FFFFF05)
+
+
+def count_prompt(app, messages, encoding, tools=None, ids=None) -> tuple[int, int]:
+    """-> (prompt_tokens, audio_tokens); validates the messages on the way.
+
+    With `ids` (an array('I')), also renders the prompt's token ids into it, as
+    the KV cache sees them: per message <start> role <message> content <end>
+    (+ <name> name), tools first (they live in the system prompt), 3 priming
+    tokens last; images, audio and files as runs of ids derived from their
+    content. len(ids) == prompt_tokens by construction.
+    """
+    tok = app.tokenizer
+    if ids is None:
+        def text(s):
+            return tok.count(s, encoding)
+
+        def special(*codes):
+            return len(codes)
+
+        def opaque(key: bytes, n: int):
+            return n
+    else:
+        def text(s):
+            a = tok.ids(s, encoding)
+            ids.extend(a)
+            return len(a)
+
+        def special(*codes):
+            ids.extend(codes)
+            return len(codes)
+
+        def opaque(key: bytes, n: int):
+            base = 0x40000000 | (zlib.crc32(key) & 0x3FFFFFFF)
+            ids.extend(range(base, base + n))
+            return n
     if type(messages) is not list:
         raise C.type_error("messages", "an array", messages)
     if not messages:
         raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
                             "empty array instead.", param="messages", code="empty_array")
-    count = app.tokenizer.count
-    total = 3
+    total = 0
+    if tools:
+        if type(tools) is not list:
+            raise C.type_error("tools", "an array", tools)
+        total += text(orjson.dumps(tools).decode())
     audio = 0
     for i, m in enumerate(messages):
         if type(m) is not dict:
@@ -61,10 +101,10 @@ def count_prompt(app, messages, encoding, tools=None) -> tuple[int, int]:
             raise ApiError(400, f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', "
                                 f"'tool', 'function' and 'developer'.", param=f"messages[{i}].role",
                            code="invalid_value")
-        total += 3 + count(role, encoding)
+        total += special(_START) + text(role) + special(_MSG)
         content = m.get("content")
         if type(content) is str:
-            total += count(content, encoding)
+            total += text(content)
         elif type(content) is list:
             for j, part in enumerate(content):
                 p = f"messages[{i}].content[{j}]"
@@ -72,16 +112,16 @@ def count_prompt(app, messages, encoding, tools=None) -> tuple[int, int]:
                     raise C.type_error(p, "an object", part)
                 kind = part.get("type")
                 if kind in ("text", "refusal"):
-                    text = part.get(kind)
-                    if type(text) is not str:
-                        raise C.type_error(f"{p}.{kind}", "a string", text)
-                    total += count(text, encoding)
+                    t = part.get(kind)
+                    if type(t) is not str:
+                        raise C.type_error(f"{p}.{kind}", "a string", t)
+                    total += text(t)
                 elif kind == "image_url":
                     iu = part.get("image_url")
                     if type(iu) is not dict or type(iu.get("url")) is not str:
                         raise ApiError(400, f"Invalid '{p}.image_url': expected an object with a 'url' string.",
                                        param=f"{p}.image_url", code="invalid_value")
-                    total += _IMAGE_TOKENS.get(iu.get("detail") or "auto", 765)
+                    total += opaque(iu["url"].encode(), _IMAGE_TOKENS.get(iu.get("detail") or "auto", 765))
                 elif kind == "input_audio":
                     ia = part.get("input_audio")
                     if type(ia) is not dict or type(ia.get("data")) is not str:
@@ -89,9 +129,9 @@ def count_prompt(app, messages, encoding, tools=None) -> tuple[int, int]:
                                             f"'format'.", param=f"{p}.input_audio", code="invalid_value")
                     n = audio_tokens(ia["data"], ia.get("format") or "wav")
                     audio += n
-                    total += n
+                    total += opaque(ia["data"].encode(), n)
                 elif kind == "file":
-                    total += 85
+                    total += opaque(orjson.dumps(part), 85)
                 else:
                     raise ApiError(400, f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url', "
                                         f"'input_audio', 'refusal' and 'file'.", param=f"{p}.type",
@@ -104,17 +144,15 @@ def count_prompt(app, messages, encoding, tools=None) -> tuple[int, int]:
             raise C.type_error(f"messages[{i}].content", "a string or an array", content)
         name = m.get("name")
         if type(name) is str:
-            total += 1 + count(name, encoding)
+            total += special(_NAME) + text(name)
         if role == "tool" and type(m.get("tool_call_id")) is not str:
             raise ApiError(400, f"Missing required parameter: 'messages[{i}].tool_call_id'.",
                            param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
         calls = m.get("tool_calls")
         if calls:
-            total += count(orjson.dumps(calls).decode(), encoding)
-    if tools:
-        if type(tools) is not list:
-            raise C.type_error("tools", "an array", tools)
-        total += count(orjson.dumps(tools).decode(), encoding)
+            total += text(orjson.dumps(calls).decode())
+        total += special(_END)
+    total += special(_START, _PRIME, _MSG)
     return total, audio
 
 
@@ -151,12 +189,18 @@ def create(app, req):
     if top_k and not want_lp:
         raise ApiError(400, "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
                             "'top_logprobs' is used.", param="top_logprobs", code="invalid_value")
-    prompt_tokens, audio_in = count_prompt(app, body.get("messages"), info.encoding, body.get("tools"))
-    rng = C.make_rng(seed, model, body.get("messages"))
+    messages, tools = body.get("messages"), body.get("tools")
+    prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools)
+    rng = C.make_rng(seed, model, messages)
     choices = C.plan_lengths(app, info, body, prompt_tokens, n, rng)
     completion = sum(len(p) for _, p, _ in choices)
-    plan, timing = C.admit_check(app, req, body, model, prompt_tokens)
-    usage = C.usage(prompt_tokens, completion, 0, audio_in)
+    kv_prompts = ()
+    if app.kv.eligible(prompt_tokens):
+        ids = array("I")
+        count_prompt(app, messages, info.encoding, tools, ids)
+        kv_prompts = (ids,)
+    plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts)
+    usage = C.usage(prompt_tokens, completion, cached, audio_in)
     cid = C.new_id("chatcmpl")
     created = C.now_s()
     lps = [[logprobs_entry(app, rng, p, top_k) for p in pieces] for _, pieces, _ in choices] if want_lp else None

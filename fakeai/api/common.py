@@ -16,7 +16,7 @@ import zlib
 
 import orjson
 
-from fakeai.engine.generation import Deferred
+from fakeai.engine.generation import Deferred, release_kv
 from fakeai.engine.latency import timing_requested
 from fakeai.engine.textgen import apply_stop
 from fakeai.server.response import JSON, ApiError, Response
@@ -198,7 +198,9 @@ def usage(prompt_tokens, completion_tokens, cached=0, audio_in=0):
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio_in},
+        # uncached_tokens is not OpenAI's: the migration guide's example prints it; clients ignore extras
+        "prompt_tokens_details": {"cached_tokens": cached, "uncached_tokens": prompt_tokens - cached,
+                                  "audio_tokens": audio_in},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
                                       "rejected_prediction_tokens": 0},
     }
@@ -227,11 +229,27 @@ def respond(app, req, payload, choices, plan, timing):
     """A whole (non-stream) answer, sent when its last token would have been."""
     resp = Response(200, orjson.dumps(payload), JSON)
     if plan.instant and app.slots.free and not timing:
+        if plan.kv:
+            release_kv(app, plan)
         return resp
     return Deferred(app, req, resp, plan, max((len(p) for _, p, _ in choices), default=0), timing)
 
 
-def admit_check(app, req, body, model, prompt_tokens):
-    """Queue room (429 when full), the request's latency plan and whether it wants the timing record."""
+def admit_check(app, req, body, model, prompt_tokens, kv_prompts=()):
+    """Queue room (429 when full), the KV cache lookups, the request's latency plan, whether it wants the
+    timing record -> (plan, timing, cached_tokens).
+
+    `kv_prompts`: the token ids of each prompt eligible for prefix caching (engine/kv.py); their blocks are
+    pinned until the request ends and only the uncached tokens are charged prefill time."""
     app.slots.check()
-    return app.latency.plan(model, prompt_tokens), timing_requested(app.config, req, body)
+    cached = 0
+    handles = None
+    if kv_prompts:
+        handles = []
+        for tokens in kv_prompts:
+            c, h = app.kv.lookup(tokens, req.path)
+            cached += c
+            handles.append(h)
+    plan = app.latency.plan(model, prompt_tokens - cached)
+    plan.kv = handles
+    return plan, timing_requested(app.config, req, body), cached

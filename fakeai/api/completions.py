@@ -8,6 +8,8 @@ Choice index = prompt_index * n + j, as OpenAI numbers them.
 """
 from __future__ import annotations
 
+from array import array
+
 import orjson
 
 from fakeai.api import common as C
@@ -15,6 +17,7 @@ from fakeai.engine.generation import TokenStream, sse_error, step_renderer
 from fakeai.server.response import ApiError
 
 FINGERPRINT = "fp_fakeai"
+_MAX_ID = 1 << 31  # token ids beyond any vocabulary are rejected like other malformed prompts
 
 
 def _prompts(body):
@@ -27,9 +30,9 @@ def _prompts(body):
     if type(p) is list and p:
         if all(type(x) is str for x in p):
             return [(x, None) for x in p]
-        if all(type(x) is int and x >= 0 for x in p):
+        if all(type(x) is int and 0 <= x < _MAX_ID for x in p):
             return [(None, p)]
-        if all(type(x) is list and x and all(type(t) is int and t >= 0 for t in x) for x in p):
+        if all(type(x) is list and x and all(type(t) is int and 0 <= t < _MAX_ID for t in x) for x in p):
             return [(None, x) for x in p]
     raise ApiError(400, "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids "
                         "or an array of token-id arrays.", param="prompt", code="invalid_type")
@@ -81,22 +84,30 @@ def create(app, req):
     enc = info.encoding
     suffix_tokens = tok.count(suffix, enc) if suffix else 0
     rng = C.make_rng(seed, model, body.get("prompt"))
-    choices, prompt_total, echo_texts = [], 0, []
+    choices, prompt_total, echo_texts, kv_prompts = [], 0, [], []
     for text, ids in prompts:
         if text is None:
             pt = len(ids)
             e = tok.encoding(enc)
+            if e is not None and max(ids) >= e.n_vocab:
+                raise ApiError(400, f"Invalid 'prompt': token id {max(ids)} is out of vocabulary (the {enc} "
+                                    f"vocabulary has {e.n_vocab} tokens).", param="prompt", code="invalid_value")
             text = e.decode(ids) if (echo and e is not None) else ""
         else:
             pt = tok.count(text, enc)
         pt += suffix_tokens
         prompt_total += pt
+        if app.kv.eligible(pt):  # each prompt is its own request to the engine, as vLLM serves a batch
+            kv_ids = array("I", ids) if ids is not None else array("I", tok.ids(text, enc))
+            if suffix_tokens:
+                kv_ids.extend(tok.ids(suffix, enc))
+            kv_prompts.append(kv_ids)
         for start, pieces, finish in C.plan_lengths(app, info, body, pt, n, rng, param="prompt"):
             choices.append((start, pieces, finish))
             echo_texts.append(text if echo else "")
     completion = sum(len(p) for _, p, _ in choices)
-    plan, timing = C.admit_check(app, req, body, model, prompt_total)
-    usage = C.usage(prompt_total, completion)
+    plan, timing, cached = C.admit_check(app, req, body, model, prompt_total, kv_prompts)
+    usage = C.usage(prompt_total, completion, cached)
     lps = None
     if k is not None:
         lps = [_legacy_logprobs(app, rng, pieces, k, 0, tok.pieces(echo_texts[i], enc) if echo_texts[i] else ())

@@ -48,6 +48,13 @@ def timing_json(t0, plan, targets, actuals) -> bytes:
     }, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def release_kv(app, plan) -> None:
+    """Unpin the request's KV blocks (once)."""
+    handles, plan.kv = plan.kv, None
+    for h in handles:
+        app.kv.release(h)
+
+
 class _Job(Stream):
     """Shared by both: slot admission, the app hooks, cancellation state."""
 
@@ -64,6 +71,8 @@ class _Job(Stream):
             self.app.slots.release()
         elif not self.cancelled:
             self.app.slots.discard(self)
+        if self.plan.kv:
+            release_kv(self.app, self.plan)
 
     def cancel(self):
         if self.handle is not None:

@@ -119,7 +119,7 @@ def sampler(distribution: str, rand=random.random, gauss=random.gauss):
 class Plan:
     """One request's latency, fixed at admission. All times in ns."""
 
-    __slots__ = ("prefill", "itl", "ttft_frac", "itl_frac", "delay", "sample", "mult", "queue_ns")
+    __slots__ = ("prefill", "itl", "ttft_frac", "itl_frac", "delay", "sample", "mult", "queue_ns", "kv")
 
     def __init__(self, prefill, itl, ttft_frac, itl_frac, delay, sample):
         self.prefill = prefill
@@ -130,6 +130,7 @@ class Plan:
         self.sample = sample
         self.mult = 1.0
         self.queue_ns = 0
+        self.kv = None  # KV cache handles the request pins until it ends (engine/kv.py)
 
     def first_token_ns(self) -> int:
         """Prefill (jittered, load-scaled) + response_delay."""

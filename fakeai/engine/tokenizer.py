@@ -12,7 +12,9 @@ is a token with its leading space, long words split every 8 letters, numbers eve
 speed via one regex; start-up says once which one is in use.
 
 Counts of repeated strings (system prompts, benchmark prompts) come from a
-bounded dict, so the hot path is one lookup.
+bounded dict, so the hot path is one lookup. Token ids (the KV cache hashes
+them) come from a second memo of compact `array('I')`s, bounded by the total
+number of tokens it holds.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import logging
 import os
 import re
 import tempfile
+import zlib
+from array import array
 
 log = logging.getLogger("fakeai")
 
@@ -28,6 +32,7 @@ ENCODINGS = ("o200k_base", "cl100k_base")
 _URLS = {name: f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken" for name in ENCODINGS}
 _FALLBACK_RE = re.compile(r" ?[A-Za-z]{1,8}| ?\d{1,3}| ?[^\sA-Za-z\d]|\s+(?!\S)|\s+")
 _CACHE_MAX = 8192
+_IDS_MAX_TOKENS = 4_000_000  # ~16 MB of array('I')
 
 
 def _cache_dir() -> str:
@@ -44,6 +49,8 @@ class Tokenizer:
         self._enc: dict[str, object] = {}
         self._errors: dict[str, str] = {}
         self._counts: dict[tuple[str, str], int] = {}
+        self._ids: dict[tuple[str, str], array] = {}
+        self._ids_tokens = 0
         available = [n for n in ENCODINGS if os.path.exists(encoding_file(n))]
         try:
             import tiktoken
@@ -84,12 +91,29 @@ class Tokenizer:
         return n
 
     def encode(self, text: str, encoding: str) -> list[int]:
-        """Token ids (fallback: stable ids from the pieces' CRC) - for echo/logprobs and the KV cache."""
+        """Token ids (fallback: stable ids from the pieces' CRC)."""
         enc = self.encoding(encoding)
         if enc is not None:
             return enc.encode_ordinary(text)
-        import zlib
         return [zlib.crc32(p.encode()) & 0x3FFFF for p in _FALLBACK_RE.findall(text)]
+
+    def ids(self, text: str, encoding: str) -> array:
+        """Token ids as a memoized array('I') (do not mutate it): what the KV cache hashes."""
+        key = (encoding, text)
+        a = self._ids.get(key)
+        if a is None:
+            a = array("I", self.encode(text, encoding))
+            if len(text) < 65536:
+                if self._ids_tokens + len(a) > _IDS_MAX_TOKENS:
+                    self.clear_memo()
+                self._ids[key] = a
+                self._ids_tokens += len(a)
+        return a
+
+    def clear_memo(self) -> None:
+        """Forget memoized ids (POST /admin/clear-cache, or when the memo is full)."""
+        self._ids.clear()
+        self._ids_tokens = 0
 
     def pieces(self, text: str, encoding: str) -> list[str]:
         """The text split into its tokens' strings (for echo with logprobs)."""

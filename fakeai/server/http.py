@@ -24,6 +24,9 @@ Timeouts cost no timer per request: the server's 1-second ticker sweeps the
 connections for idle keep-alive (closed), incomplete heads (408 then close,
 the slowloris guard) and stalled bodies. A client that goes away cancels its
 stream at once (no log line, no timer left behind).
+
+A GET carrying `Upgrade` to a path registered with `router.add_ws` goes to
+server/ws.py, which validates the handshake and takes the socket over.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from fakeai._speedups import load
 from fakeai.server import response as R
 from fakeai.server.response import ApiError, Response, Stream
 from fakeai.server.router import Request
+from fakeai.server.ws import upgrade as ws_upgrade
 
 _hp = load("httpparse")
 parse_head = _hp.parse_head
@@ -315,6 +319,10 @@ class HttpProtocol(asyncio.Protocol):
         req = Request(method, path, query, headers, body, self.client, rid, t0)
         self.req = req
         try:
+            ws_route = self.router.ws.get(path)
+            if ws_route is not None and method == "GET" and req.header(b"upgrade") is not None:
+                ws_upgrade(self, req, ws_route, http10)  # the socket is a WebSocket's now (or ApiError)
+                return
             handler, params = self.router.resolve(method, path)
             if params:
                 req.params = params
@@ -462,4 +470,6 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return True
         self.keep_alive = False
+        if isinstance(self.busy, Stream):
+            self.busy.drain()
         return False

@@ -110,3 +110,7 @@ class Stream(abc.ABC):
 
     def resume(self) -> None:
         pass
+
+    def drain(self) -> None:
+        """The server is shutting down: a stream that never ends by itself (an event feed) ends now;
+        a response with an end (a completion) keeps going until shutdown_timeout."""

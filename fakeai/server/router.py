@@ -71,6 +71,18 @@ class Router:
     def __init__(self):
         self._exact: dict[str, dict[str, object]] = {}
         self._patterns: list[tuple[re.Pattern, dict[str, object]]] = []
+        self.ws: dict[str, tuple] = {}  # exact path -> (factory, subprotocols); see server/ws.py
+
+    def add_ws(self, path: str, factory, subprotocols=()) -> None:
+        """A WebSocket endpoint: after the handshake the server calls factory(req, ws) -> handler.
+        A plain GET there (no Upgrade) gets 426."""
+        self.ws[path] = (factory, tuple(subprotocols))
+
+        def plain_get(req):
+            raise ApiError(426, f"{path} is a WebSocket endpoint: connect with 'Upgrade: websocket'.",
+                           code="upgrade_required", headers=[(b"upgrade", b"websocket"),
+                                                            (b"connection", b"Upgrade")])
+        self.add("GET", path, plain_get)
 
     def add(self, method: str, path: str, handler) -> None:
         if "{" not in path:
