@@ -122,7 +122,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("kv_cache_num_workers", "int", 4, "Simulated workers, each with its own block table, behind the KV router.",
        min=1, max=64, group="kv_cache"),
     _o("kv_overlap_weight", "float", 1.0,
-       "Router cost = weight x blocks not cached on the worker + blocks pinned there by running requests.",
+       "Router cost = weight x blocks not cached on the worker + blocks pinned there once the request runs.",
        min=0.0, max=2.0, group="kv_cache"),
     _o("kv_cache_capacity_blocks", "int", 16384, "Blocks each worker holds; beyond, LRU unpinned blocks are evicted.",
        min=1, max=10_000_000, group="kv_cache"),
@@ -148,6 +148,125 @@ OPTIONS: tuple[Option, ...] = (
        min=0.1, max=3600, group="websocket"),
     _o("ws_permessage_deflate", "bool", True, "Accept the permessage-deflate extension when a client offers it.",
        group="websocket"),
+    # --- audio and images (engine/audio.py, engine/images.py, api/audio.py, api/images.py)
+    _o("default_audio_format", "str", "wav",
+       "Container of /v1/audio/speech when the request names none (OpenAI's default, mp3, needs a codec this "
+       "server does not include).", choices=("wav", "pcm", "flac"), group="audio"),
+    _o("image_url_ttl_seconds", "float", 3600.0,
+       "Seconds a generated image stays downloadable at its /images/{id}.png URL (OpenAI: 1 hour).",
+       min=1, max=86400 * 30, group="images"),
+    _o("image_store_max_bytes", "int", 256 * 1024 * 1024,
+       "Bytes of PNG kept for image URLs; beyond, the oldest images are dropped (their URLs answer 404).",
+       min=1024 * 1024, max=1 << 40, group="images"),
+    # --- files and batches (store/files.py, api/files.py, api/batches.py)
+    _o("files_dir", "str", "",
+       "Directory for uploaded files and batch records (metadata + bytes, atomic writes; survives a restart, "
+       "unfinished batches resume). Empty: kept in memory only.", group="files"),
+    _o("batch_lines_per_second", "float", 50.0,
+       "Pace of a batch: input lines started per second (each then runs through its endpoint with the usual "
+       "timing); 0 = no pacing.", min=0, max=1_000_000, group="batch"),
+    _o("batch_concurrency", "int", 8,
+       "Lines of one batch in flight at once (each takes a running slot, like a live request).",
+       min=1, max=10_000, group="batch"),
+    # --- metrics (fakeai/metrics/, api/metrics.py)
+    _o("metrics_enabled", "bool", True,
+       "Record metrics (/metrics, /metrics/prometheus, /dcgm/metrics, the stats log line); off: nothing is "
+       "recorded and those endpoints answer 404.", group="metrics"),
+    _o("metrics_window_size", "int", 300,
+       "Seconds over which rates and percentiles are computed (a ring of per-second slots).",
+       min=1, max=3600, group="metrics"),
+    _o("metrics_log_interval", "float", 10.0,
+       "Seconds between vLLM-style stats log lines (throughput, running, waiting, KV usage); idle intervals "
+       "log at debug level; 0 = never.", min=0, max=86400, group="metrics"),
+    _o("metrics_persistence_enabled", "bool", False,
+       "Snapshot the metrics to SQLite (metrics_db_path) every metrics_persistence_interval; counters continue "
+       "from the last snapshot after a restart.", group="metrics"),
+    _o("metrics_db_path", "str", "fakeai_metrics.db",
+       "SQLite file for metrics persistence (WAL; table `metrics` holds the history by `timestamp`); a corrupt "
+       "or unwritable file stops start-up with exit status 1.", group="metrics"),
+    _o("metrics_persistence_interval", "float", 10.0,
+       "Seconds between metrics snapshots (a kill -9 loses at most one interval).",
+       min=0.1, max=86400, group="metrics"),
+    _o("dcgm_enabled", "bool", True, "Serve simulated DCGM GPU metrics on /dcgm/metrics and /dcgm/metrics/json "
+       "(needs metrics_enabled).", group="metrics"),
+    _o("dcgm_gpu_count", "int", 1, "Simulated GPUs behind the engine (tensor parallel: they share its load).",
+       min=1, max=64, group="metrics"),
+    _o("dcgm_gpu_model", "str", "h100", "Simulated GPU model (memory, power limit and clocks of the real part).",
+       choices=("a100", "h100", "h200", "b200"), group="metrics"),
+    # --- responses (api/responses.py)
+    _o("responses_store_max", "int", 10000,
+       "Responses kept for GET /v1/responses/{id}, input_items and previous_response_id (store: true); beyond, "
+       "the oldest are dropped (then 404 / previous_response_not_found).", min=1, max=10_000_000,
+       group="responses"),
+    # --- policy (fakeai/policy/, api/moderations.py)
+    _o("require_api_key", "bool", False,
+       "Refuse requests without a valid API key (401 invalid_api_key); /health stays open.", group="policy"),
+    _o("api_keys", "list", [], "Valid API keys: keys, or files of keys one per line ('@path' or the path of an "
+       "existing file; '#' comments).", secret=True, flags=("--api-key",), group="policy"),
+    _o("hash_api_keys", "bool", False, "Keep only SHA-256 digests of the API keys in memory.", group="policy"),
+    _o("protect_metrics", "bool", False,
+       "Require the API key on /metrics*, /prometheus/*, /dcgm/* and /kv-cache/metrics too.", group="policy"),
+    _o("rate_limit_enabled", "bool", False,
+       "Per-key (per-IP without keys) RPM/TPM limits: x-ratelimit-* headers, 429 with retry-after.",
+       group="policy"),
+    _o("rate_limit_tier", "str", "tier-1", "OpenAI usage tier giving the RPM/TPM limits (free: 3/40k, tier-1: "
+       "500/200k, tier-2: 5k/2M, tier-3: 10k/10M, tier-4: 30k/100M, tier-5: 100k/300M).",
+       choices=("free", "tier-1", "tier-2", "tier-3", "tier-4", "tier-5"), group="policy"),
+    _o("rate_limit_rpm", "optint", None, "Requests per minute, overriding the tier's.", min=1, max=10**9,
+       group="policy"),
+    _o("rate_limit_tpm", "optint", None, "Tokens per minute (prompt + max completion), overriding the tier's.",
+       min=1, max=10**12, group="policy"),
+    _o("enable_security", "bool", False,
+       "Master switch: input validation, injection detection and abuse detection all on.", group="policy"),
+    _o("enable_input_validation", "bool", False,
+       "Refuse invalid UTF-8, null bytes and control characters in JSON strings (400 naming the field).",
+       group="policy"),
+    _o("enable_injection_detection", "bool", False,
+       "Refuse prompt-injection/jailbreak phrasings in user text and SQL/shell/path-traversal payloads in "
+       "identifier fields and the URL (400 injection_detected).", group="policy"),
+    _o("enable_abuse_detection", "bool", False,
+       "Ban client IPs (403) after abuse_threshold auth failures, blocked or malformed requests.", group="policy"),
+    _o("abuse_threshold", "int", 10, "Violations that ban a client IP.", min=1, max=1_000_000, group="policy"),
+    _o("abuse_ban_seconds", "float", 300.0, "First ban's length; each further ban of the same IP doubles it "
+       "(at most a day).", min=0.001, max=86400, group="policy"),
+    _o("abuse_cleanup_interval", "float", 3600.0,
+       "Seconds after which an IP with no violation and no ban is forgotten (its next ban is a first one again).",
+       min=0.001, max=86400 * 30, group="policy"),
+    _o("cors_allowed_origins", "list", ["*"],
+       "Browser origins allowed by CORS ('*': any); empty: no CORS headers, no preflight answers.",
+       group="policy"),
+    _o("cors_allow_credentials", "bool", True,
+       "CORS responses allow credentials (the origin is echoed instead of '*').", group="policy"),
+    _o("enable_moderation", "bool", True, "Serve POST /v1/moderations (off: 404).", group="policy"),
+    _o("moderation_threshold", "float", 0.5, "Category score at or above which moderation flags (and refuses).",
+       min=0, max=1, group="policy"),
+    _o("enable_refusals", "bool", False,
+       "Chat answers a prompt moderation flags with a refusal (content and message.refusal).", group="policy"),
+    _o("enable_safety_features", "bool", False, "Refusals and jailbreak detection both on.", group="policy"),
+    _o("enable_jailbreak_detection", "bool", False, "Chat refuses prompts with jailbreak or injection phrasings.",
+       group="policy"),
+    _o("prepend_safety_message", "bool", False,
+       "Prepend a system message with safety guidelines when a chat has no system/developer message.",
+       group="policy"),
+    _o("error_injection_enabled", "bool", False,
+       "Inject failures at error_injection_rate; header X-Fakeai-Error: <type or status> forces one.",
+       group="policy"),
+    _o("error_injection_rate", "float", 0.0, "Fraction of API requests failed on purpose.", min=0, max=1,
+       group="policy"),
+    _o("error_injection_types", "list", ["internal_error", "service_unavailable"],
+       "Injected failure types, drawn uniformly.", choices=("internal_error", "service_unavailable", "bad_gateway",
+                                                          "gateway_timeout", "rate_limit", "invalid_request",
+                                                          "context_length", "timeout"), group="policy"),
+    _o("error_injection_mid_stream_tokens", "int", 0,
+       "An injected error hitting a stream arrives as an SSE error event after this many tokens (0: before the "
+       "response; header X-Fakeai-Error-After overrides).", min=0, max=1_000_000, group="policy"),
+    _o("error_injection_stall_seconds", "float", 30.0,
+       "An injected timeout holds the connection this long, silent, then closes it.", min=0, max=3600,
+       group="policy"),
+    # --- chat features (engine/prediction.py)
+    _o("prediction_speedup", "float", 3.0,
+       "Predicted outputs: each accepted prediction token takes itl_ms / this (speculative decoding); "
+       "1 = no speed-up.", min=1, max=100, group="generation"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -158,7 +277,9 @@ SECTION_PREFIX = {
     "server": "", "response": "response", "timing": "", "latency": "", "limits": "", "logging": "log",
     "streaming": "stream", "generation": "", "context": "", "monitoring": "", "kv_cache": "kv_cache",
     "rate_limiting": "rate_limit", "authentication": "", "security": "", "moderation": "", "audio": "",
-    "websocket": "ws",
+    "websocket": "ws", "images": "image", "files": "files", "batch": "batch", "metrics": "metrics",
+    "dcgm": "dcgm", "responses": "responses", "error_injection": "error_injection", "cors": "cors",
+    "abuse": "abuse",
 }
 SECTION_ALIASES = {("response", "delay"): "response_delay", ("kv_cache", "overlap_weight"): "kv_overlap_weight"}
 
@@ -198,7 +319,7 @@ _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 def _describe(o: Option) -> str:
     if o.choices:
-        return "one of " + ", ".join(o.choices)
+        return ("a list of " if o.type == "list" else "one of ") + ", ".join(o.choices)
     kind = {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number", "str": "a string",
             "list": "a list of strings", "optint": "an integer or nothing"}[o.type]
     if o.min is not None and o.max is not None:
@@ -264,7 +385,7 @@ def coerce(o: Option, value):
             raise AssertionError(t)
     except (ValueError, TypeError, json.JSONDecodeError):
         raise _bad(o, value) from None
-    if o.choices and v not in o.choices:
+    if o.choices and (not set(v) <= set(o.choices) if t == "list" else v not in o.choices):
         raise _bad(o, value)
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if (o.min is not None and v < o.min) or (o.max is not None and v > o.max):

@@ -99,8 +99,9 @@ def test_streamed_usage_and_completions(kvs):
     ids = list(range(1000, 1100))
     client.completions.create(model="m-cmpl", prompt=ids, max_tokens=1)
     c3 = client.completions.create(model="m-cmpl", prompt=[ids, ids[:50]], max_tokens=1)
-    # the first prompt hits 6 blocks and pins them on its worker; the second (3 blocks cached there too) is
-    # routed elsewhere because that worker's load (6 pinned blocks) outweighs the overlap (weight 1 x 3 blocks)
+    # the first prompt hits 6 blocks and pins them on its worker X; for the second (3 blocks, cached and pinned
+    # on X) X costs 0 missing + 6 pinned, an idle worker 3 missing + 3 it would pin: a tie, which goes to the
+    # worker with fewer cached blocks - load balances against overlap
     assert c3.usage.prompt_tokens_details.cached_tokens == 6 * BS
     s = list(client.completions.create(model="m-cmpl", prompt=ids, max_tokens=2, stream=True,
                                        stream_options={"include_usage": True}))

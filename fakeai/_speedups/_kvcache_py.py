@@ -25,15 +25,23 @@
 #   (admit .. release) holds it; unpinned blocks stay cached in `free`, an
 #   OrderedDict in LRU order (least recently used first) -> time of last use.
 #   release() appends a request's blocks to `free` last block first (vLLM's
-#   free queue), so a prefix is never evicted before its extension.
+#   free queue), so a prefix is never evicted before its extension. A hit
+#   pins the block (takes it out of `free`): that is the "touch", it comes
+#   back at the most-recently-used end on release.
 # * Storing a block on a full worker evicts the head of `free`; if every block
 #   is pinned the block is not stored, nor the request's later ones (a cached
 #   chain stays a prefix). TTL (ttl_ns > 0): route/admit/expire first drop
-#   the blocks at the head of `free` whose last use is more than ttl_ns ago.
+#   the blocks at the head of `free` whose last use is more than ttl_ns ago,
+#   stopping at the first that is not. clear() drops every unpinned block
+#   (counted neither as evicted nor as expired).
 # * Routing: matched_w = leading hashes cached on worker w; cost_w =
-#   overlap_weight * (n - matched_w) + blocks pinned on w; lowest cost wins,
-#   ties -> fewer cached blocks, then lowest index.
-# * Events (only while record_events is set) are tuples
+#   overlap_weight * (n - matched_w) + the blocks pinned on w once this
+#   request runs there (pinned now + its blocks not already pinned there:
+#   Dynamo's "potential active blocks", so a hot prefix shared by running
+#   requests is counted once, not held against the worker that holds it);
+#   lowest cost wins, ties -> fewer cached blocks, then lowest index.
+# * Events (only while record_events is set; it starts off, as nobody may be
+#   draining them) are tuples
 #   ("BlockStored", worker, [hashes], parent or None, token_count),
 #   ("BlockRemoved", worker, [hashes]), ("AllBlocksCleared", worker); applied
 #   in order to per-worker sets they rebuild state(). An admit records, in
@@ -193,12 +201,15 @@ class KVCache:
         best = None
         for i, w in enumerate(self._workers):
             blocks = w.blocks
-            m = 0
+            m = held = 0
             for h in hs:
-                if h not in blocks:
+                b = blocks.get(h)
+                if b is None:
                     break
                 m += 1
-            key = (self._weight * (n - m) + w.pinned, len(blocks), i)
+                if b[1]:
+                    held += 1
+            key = (self._weight * (n - m) + (w.pinned + n - held), len(blocks), i)
             if best is None or key < best[0]:
                 best = key, m
         return best[0][2], best[1]
@@ -253,10 +264,10 @@ class KVCache:
         return handle, wi, matched
 
     def release(self, handle, now_ns):
+        now_ns = index(now_ns)
         req = self._requests.pop(handle, None)
         if req is None:
             return
-        now_ns = index(now_ns)
         wi, held = req
         w = self._workers[wi]
         w.active -= 1

@@ -6,7 +6,7 @@
 # Strategy
 # --------
 # * block_hashes: the tokens are read once into a reusable uint32 scratch
-#   buffer (list/tuple items through PyLong_AsLongLongAndOverflow; array.array
+#   buffer (list/tuple items through Cython's int conversion; array.array
 #   and numpy arrays through the buffer protocol when their format is a native
 #   integer; anything else through list()), then hashed in a plain C loop into
 #   a new array('Q'), which route/admit take back without conversion.
@@ -23,12 +23,15 @@
 #   slots it pins (a C array in a _Request) and release() needs no lookups.
 # * Events and the cold paths (clear, snapshot, stats, state) build Python
 #   objects; the hot paths (hash, route, admit, release) allocate only the
-#   result array, the request and the result tuple.
+#   result array or tuple and, in admit, the request with its slot array.
+# * Int arguments go through __index__ (a float is a TypeError, as in the
+#   twin) and are checked before anything changes.
 from cpython.array cimport array, clone
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from cpython.ref cimport PyObject
+from cpython.number cimport PyNumber_Index
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint16_t, uint8_t, int8_t, int16_t
 from libc.string cimport memset
@@ -36,9 +39,6 @@ from libc.string cimport memset
 import numpy as _np
 
 from fakeai._speedups._kvcache_py import TOKEN_LIMIT, chains, check_config, hash_array
-
-cdef extern from "Python.h":
-    long long PyLong_AsLongLongAndOverflow(PyObject* o, int* overflow) except? -1
 
 cdef uint64_t ROOT = 0x9E3779B97F4A7C15ULL
 cdef uint64_t CHAIN = 0xBF58476D1CE4E5B9ULL
@@ -208,6 +208,11 @@ cdef int _copy_tokens(const int_t* src, Py_ssize_t n, uint32_t* out) except -1:
     return 0
 
 
+cdef inline int64_t _int64(object x) except? -1:
+    """An int argument (ns, token count): ints and __index__ types; a float is a TypeError, as in the twin."""
+    return PyNumber_Index(x)
+
+
 cdef class _Request:
     cdef int worker
     cdef Py_ssize_t n
@@ -316,17 +321,21 @@ cdef class KVCache:
         cdef bint is_list = type(seq) is list
         cdef Py_ssize_t i, n = PyList_GET_SIZE(seq) if is_list else PyTuple_GET_SIZE(seq)
         cdef uint32_t* out = self._scratch(n)
-        cdef long long v
-        cdef int overflow = 0
+        cdef uint64_t v
         cdef object item
-        for i in range(n):
-            if is_list and i >= PyList_GET_SIZE(seq):     # an item's __index__ shrank the list
-                raise RuntimeError("tokens changed size during block_hashes")
-            item = <object>(PyList_GET_ITEM(seq, i) if is_list else PyTuple_GET_ITEM(seq, i))
-            v = PyLong_AsLongLongAndOverflow(<PyObject*>item, &overflow)
-            if overflow or v < 0 or <uint64_t>v >= TOKEN_END:
-                raise ValueError(_TOKEN_RANGE)
-            out[i] = <uint32_t>v
+        try:
+            for i in range(n):
+                if is_list and i >= PyList_GET_SIZE(seq):     # an item's __index__ shrank the list
+                    raise RuntimeError("tokens changed size during block_hashes")
+                item = <object>(PyList_GET_ITEM(seq, i) if is_list else PyTuple_GET_ITEM(seq, i))
+                if not PyLong_Check(item):
+                    item = PyNumber_Index(item)     # numpy ints pass; floats and strings: TypeError
+                v = item                            # Cython's conversion, inline for small ints
+                if v >= TOKEN_END:
+                    raise ValueError(_TOKEN_RANGE)
+                out[i] = <uint32_t>v
+        except OverflowError:        # negative, or beyond 64 bits
+            raise ValueError(_TOKEN_RANGE) from None
         return n
 
     def block_hashes(self, tokens):
@@ -357,26 +366,32 @@ cdef class KVCache:
     # ------------------------------------------------------------------ routing and pinning
     cdef int _route(self, const uint64_t* hs, Py_ssize_t n, Py_ssize_t* matched) noexcept:
         cdef int wi, best = -1
-        cdef Py_ssize_t m
+        cdef Py_ssize_t m, held
+        cdef int32_t s
         cdef double cost, best_cost = 0
         cdef int32_t best_cached = 0
         cdef Worker* w
         for wi in range(self.num_workers):
             w = &self.workers[wi]
-            m = 0
-            while m < n and _lookup(w, hs[m]) >= 0:
+            m = held = 0
+            while m < n:
+                s = _lookup(w, hs[m])
+                if s < 0:
+                    break
+                if w.blocks[s].ref > 0:
+                    held += 1
                 m += 1
             cost = self.weight * <double>(n - m)
-            cost = cost + <double>w.pinned
+            cost = cost + <double>(w.pinned + n - held)
             if best < 0 or cost < best_cost or (cost == best_cost and w.cached < best_cached):
                 best, best_cost, best_cached, matched[0] = wi, cost, w.cached, m
         return best
 
-    def route(self, hashes, int64_t now_ns):
+    def route(self, hashes, now_ns):
         cdef array hs = _hashes(hashes)
         cdef Py_ssize_t matched = 0
         cdef int wi
-        self._expire(now_ns)
+        self._expire(_int64(now_ns))
         wi = self._route(<uint64_t*>hs.data.as_ulonglongs, len(hs), &matched)
         return wi, matched
 
@@ -411,7 +426,7 @@ cdef class KVCache:
         w.used += 1
         return s
 
-    def admit(self, hashes, int64_t n_tokens, int64_t now_ns):
+    def admit(self, hashes, n_tokens, now_ns):
         cdef array hs = _hashes(hashes)
         cdef const uint64_t* p = <uint64_t*>hs.data.as_ulonglongs
         cdef Py_ssize_t n = len(hs), i, matched = 0
@@ -424,9 +439,10 @@ cdef class KVCache:
         cdef list stored = [] if rec else None
         cdef list evicted = [] if rec else None
         cdef uint64_t prev = 0, first_parent = 0
-        if n_tokens < 0:
-            raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-        self._expire(now_ns)
+        cdef int64_t ntok = _int64(n_tokens)
+        if ntok < 0:
+            raise ValueError(f"n_tokens must be >= 0, got {ntok}")
+        self._expire(_int64(now_ns))
         wi = self._route(p, n, &matched)
         w = &self.workers[wi]
         req = _Request.__new__(_Request)
@@ -435,7 +451,7 @@ cdef class KVCache:
         if req.slots == NULL:
             raise MemoryError()
         w.active += 1
-        w.tokens += n_tokens
+        w.tokens += ntok
         for i in range(n):
             s = _lookup(w, p[i])
             if s >= 0:
@@ -471,7 +487,8 @@ cdef class KVCache:
         self.requests[handle] = req
         return handle, wi, matched
 
-    def release(self, handle, int64_t now_ns):
+    def release(self, handle, now_ns):
+        cdef int64_t now = _int64(now_ns)
         cdef _Request req = self.requests.pop(handle, None)
         cdef Worker* w
         cdef Block* b
@@ -484,7 +501,7 @@ cdef class KVCache:
             b = &w.blocks[req.slots[i]]
             b.ref -= 1
             if b.ref == 0:
-                b.last_use = now_ns
+                b.last_use = now
                 _lru_append(w, req.slots[i])
                 w.pinned -= 1
 
@@ -514,8 +531,8 @@ cdef class KVCache:
                 self.events.append(("BlockRemoved", wi, gone))
         return total
 
-    def expire(self, int64_t now_ns):
-        return self._expire(now_ns)
+    def expire(self, now_ns):
+        return self._expire(_int64(now_ns))
 
     def clear(self):
         cdef Py_ssize_t total = 0

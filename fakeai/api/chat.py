@@ -20,6 +20,7 @@ import orjson
 
 from fakeai.api import common as C
 from fakeai.engine.generation import TokenStream, sse_error, step_renderer
+from fakeai.policy import safety
 from fakeai.server.response import ApiError
 
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
@@ -190,26 +191,37 @@ def create(app, req):
         raise ApiError(400, "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
                             "'top_logprobs' is used.", param="top_logprobs", code="invalid_value")
     messages, tools = body.get("messages"), body.get("tools")
-    prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools)
+    if app.policy.safety_message:
+        messages = safety.with_safety_message(messages)
+    kv = app.kv
+    # a prompt of N tokens takes more than N bytes of JSON: below min_tokens_for_cache bytes, count only (and
+    # render the ids afterwards in the rare case images or audio made it eligible), else both in one pass
+    ids = array("I") if kv.caching and len(req.body) >= kv.min_tokens else None
+    prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools, ids)
+    kv_prompts = ()
+    if kv.eligible(prompt_tokens):
+        if ids is None:
+            ids = array("I")
+            count_prompt(app, messages, info.encoding, tools, ids)
+        kv_prompts = (ids,)
     rng = C.make_rng(seed, model, messages)
     choices = C.plan_lengths(app, info, body, prompt_tokens, n, rng)
+    refused = app.policy.safety and app.policy.refuse(messages)
+    if refused:
+        choices = safety.refusal_choices(app.tokenizer, info.encoding, choices)
     completion = sum(len(p) for _, p, _ in choices)
-    kv_prompts = ()
-    if app.kv.eligible(prompt_tokens):
-        ids = array("I")
-        count_prompt(app, messages, info.encoding, tools, ids)
-        kv_prompts = (ids,)
-    plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts)
+    plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts, choices)
     usage = C.usage(prompt_tokens, completion, cached, audio_in)
     cid = C.new_id("chatcmpl")
     created = C.now_s()
     lps = [[logprobs_entry(app, rng, p, top_k) for p in pieces] for _, pieces, _ in choices] if want_lp else None
     if stream:
-        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing)
+        return _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing,
+                       refused)
     payload = {
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None,
-                                             "annotations": []},
+        "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(pieces),
+                                             "refusal": "".join(pieces) if refused else None, "annotations": []},
                      "logprobs": {"content": lps[i], "refusal": None} if lps else None, "finish_reason": finish}
                     for i, (_, pieces, finish) in enumerate(choices)],
         "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT,
@@ -217,13 +229,16 @@ def create(app, req):
     return C.respond(app, req, payload, choices, plan, timing)
 
 
-def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing):
+def _stream(app, req, model, cid, created, choices, usage, include_usage, continuous, lps, plan, timing,
+            refused=False):
     head_fmt = (b'data: {"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' +
                 str(created).encode() + b',"model":' + orjson.dumps(model) +
                 b',"system_fingerprint":"' + FINGERPRINT.encode() + b'","choices":[')
     usage_null = b',"usage":null' if include_usage else b""
     prefixes = [head_fmt + b'{"index":%d,"delta":{"content":' % c for c in range(len(choices))]
     jsons = C.token_jsons(app, choices)
+    if refused:  # a refusal streams each token as both content and refusal (policy/safety.py)
+        jsons = [[j + b',"refusal":' + j for j in js] for js in jsons]
     suffix = b'},"logprobs":null,"finish_reason":null}]' + usage_null + b'}\n\n'
     suffix_fn = None
     pt = usage["prompt_tokens"]

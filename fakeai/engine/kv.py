@@ -7,10 +7,13 @@ KV-aware router live in the compiled `kvcache` speedup (pure twin
 - A prompt is *eligible* when `kv_cache_enabled` and `enable_prompt_caching`
   are on and it has at least `min_tokens_for_cache` tokens (OpenAI caches
   prompts of 1024+ tokens; the guide lowers the threshold to see hits).
-  Ineligible prompts are neither looked up nor stored: cached_tokens = 0.
+  Ineligible prompts (and prompts shorter than one block, which have
+  nothing to cache) are neither looked up nor stored: cached_tokens = 0.
 - An eligible prompt is routed to the worker with the lowest
   `kv_overlap_weight` x (its blocks not cached there) + (blocks pinned there
-  by running requests), stored there and pinned until the request ends
+  once it runs: the running requests' plus its own not already pinned, as
+  Dynamo counts potential active blocks), stored there and pinned until the
+  request ends
   (`release`, called by the generation layer; a request pins its blocks
   from acceptance, queued or running).
 - cached_tokens = matched full blocks x block size, capped so the last prompt
@@ -32,7 +35,7 @@ class KVSim:
     def __init__(self, cfg, now_ns=time.monotonic_ns):
         self.enabled = cfg.kv_cache_enabled
         self.caching = self.enabled and cfg.enable_prompt_caching
-        self.min_tokens = max(1, cfg.min_tokens_for_cache)
+        self.min_tokens = max(cfg.min_tokens_for_cache, cfg.kv_cache_block_size)  # less than a block: nothing to cache
         self.block_size = cfg.kv_cache_block_size
         self.num_workers = cfg.kv_cache_num_workers
         self.capacity = cfg.kv_cache_capacity_blocks
