@@ -303,3 +303,29 @@ def test_token_ids_out_of_vocabulary(kvs):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="gpt-4o", prompt=bad, max_tokens=1)
         assert e.value.body["param"] == "prompt"
+
+
+def test_events_over_websocket(kvs):
+    import websocket  # websocket-client
+    _clear(kvs)
+    ws = websocket.create_connection(kvs.url.replace("http", "ws") + "/kv-cache/events?worker_id=0", timeout=10)
+    try:
+        first = [json.loads(ws.recv())]
+        assert first[0]["type"] == "AllBlocksCleared" and first[0]["worker_id"] == 0
+        _client(kvs).completions.create(model="m-ws", prompt="websocket feed " + LONG, max_tokens=1)
+        state: set = set()
+        want = _get(kvs, "/kv-cache/metrics")["smart_router"]["worker_stats"]["worker_0"]["cached_blocks"]
+        while len(state) != want:
+            ev = json.loads(ws.recv())
+            assert ev["worker_id"] == 0
+            if ev["type"] == "BlockStored":
+                state.update(ev["block_hashes"])
+            elif ev["type"] == "BlockRemoved":
+                state.difference_update(ev["block_hashes"])
+            elif ev["type"] == "AllBlocksCleared":
+                state.clear()
+    finally:
+        ws.close()
+    # the SSE twin on the same path still answers a plain GET
+    with httpx.stream("GET", kvs.url + "/kv-cache/events", timeout=5) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

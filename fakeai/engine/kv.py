@@ -98,7 +98,7 @@ class KVSim:
                 self.publish()
 
     # ------------------------------------------------------------------ events
-    def _event(self, ev) -> dict:
+    def event(self, ev) -> dict:
         self.event_id += 1
         out = {"event_id": self.event_id, "type": ev[0], "worker_id": ev[1], "timestamp": round(time.time(), 6)}
         if ev[0] == "BlockStored":
@@ -115,7 +115,7 @@ class KVSim:
         self.publish()  # flush what earlier subscribers are owed before the snapshot
         self.subscribers.append(callback)
         self.engine.record_events = True
-        return [self._event(ev) for ev in self.engine.snapshot_events()]
+        return [self.event(ev) for ev in self.engine.snapshot_events()]
 
     def unsubscribe(self, callback) -> None:
         try:
@@ -131,7 +131,7 @@ class KVSim:
             return
         raw = self.engine.drain_events()
         if raw and self.subscribers:
-            events = [self._event(ev) for ev in raw]
+            events = [self.event(ev) for ev in raw]
             for cb in list(self.subscribers):
                 cb(events)
 

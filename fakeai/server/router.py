@@ -22,7 +22,7 @@ class Request:
     """What a handler receives: it never sees the socket or h11."""
 
     __slots__ = ("method", "path", "query_string", "headers", "body", "client", "request_id", "t0_ns",
-                 "params", "_json")
+                 "params", "_json", "out_headers", "policy")
 
     def __init__(self, method: str, path: str, query_string: str, headers: list, body: bytes, client,
                  request_id: str, t0_ns: int):
@@ -36,6 +36,8 @@ class Request:
         self.t0_ns = t0_ns  # monotonic ns when the request head was complete
         self.params: dict[str, str] = {}
         self._json = None
+        self.out_headers = None  # [(name, value)] the layers add to this request's response head (policy)
+        self.policy = None  # the policy layer's Ticket (rate-limit charge, injected stream failure) or None
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:
@@ -71,12 +73,15 @@ class Router:
     def __init__(self):
         self._exact: dict[str, dict[str, object]] = {}
         self._patterns: list[tuple[re.Pattern, dict[str, object]]] = []
+        self._templates: dict[str, str] = {}  # pattern regex -> the path as registered (Router.template)
         self.ws: dict[str, tuple] = {}  # exact path -> (factory, subprotocols); see server/ws.py
 
     def add_ws(self, path: str, factory, subprotocols=()) -> None:
         """A WebSocket endpoint: after the handshake the server calls factory(req, ws) -> handler.
-        A plain GET there (no Upgrade) gets 426."""
+        A plain GET there (no Upgrade) gets 426, unless the path already serves GET (an SSE twin)."""
         self.ws[path] = (factory, tuple(subprotocols))
+        if "GET" in self._exact.get(path, {}):
+            return
 
         def plain_get(req):
             raise ApiError(426, f"{path} is a WebSocket endpoint: connect with 'Upgrade: websocket'.",
@@ -99,6 +104,17 @@ class Router:
                 methods[method] = handler
                 return
         self._patterns.append((re.compile(regex), {method: handler}))
+        self._templates[regex] = path
+
+    def template(self, path: str) -> str | None:
+        """The route serving `path` as registered (`/v1/models/{model:path}` for parameter paths), or None:
+        a bounded label for metrics."""
+        if path in self._exact:
+            return path
+        for pat, _ in self._patterns:
+            if pat.match(path):
+                return self._templates[pat.pattern]
+        return None
 
     def resolve(self, method: str, path: str):
         """-> (handler, params) or raise ApiError 404/405."""
