@@ -267,6 +267,26 @@ OPTIONS: tuple[Option, ...] = (
     _o("prediction_speedup", "float", 3.0,
        "Predicted outputs: each accepted prediction token takes itl_ms / this (speculative decoding); "
        "1 = no speed-up.", min=1, max=100, group="generation"),
+    # --- operations (server/supervisor.py, server/listen.py, server/systemd.py, server/reload.py)
+    _o("workers", "int", 1,
+       "Worker processes serving the same sockets (TCP: one SO_REUSEPORT socket each) under a supervisor that "
+       "restarts a worker that dies and answers /health and /metrics for all of them; WEB_CONCURRENCY is the "
+       "default when this option is not set anywhere.", min=1, max=256, group="operations"),
+    _o("worker_timeout", "float", 30.0,
+       "Seconds a worker's event loop may stay silent before the supervisor kills and restarts it (0: never).",
+       min=0, max=86400, group="operations"),
+    _o("reuse_port", "bool", False,
+       "Set SO_REUSEPORT so that independent processes (PM2 fork instances, supervisor numprocs) share the port.",
+       group="operations"),
+    _o("uds", "str", "", "Listen on this Unix socket path instead of TCP host:port (a stale socket file is replaced).",
+       group="operations"),
+    _o("fd", "optint", None, "Serve the listening socket inherited as this file descriptor instead of binding "
+       "(supervisor fcgi-program: 0).", min=0, max=65535, group="operations"),
+    _o("ssl_certfile", "str", "", "TLS certificate chain (PEM): serve HTTPS and WSS; re-read on SIGHUP.",
+       group="operations"),
+    _o("ssl_keyfile", "str", "", "TLS private key (PEM) when it is not in ssl_certfile.", group="operations"),
+    _o("log_file", "str", "", "Append logs to this file instead of stderr; reopened on SIGHUP (logrotate).",
+       group="operations"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -280,6 +300,7 @@ SECTION_PREFIX = {
     "websocket": "ws", "images": "image", "files": "files", "batch": "batch", "metrics": "metrics",
     "dcgm": "dcgm", "responses": "responses", "error_injection": "error_injection", "cors": "cors",
     "abuse": "abuse",
+    "ssl": "ssl", "tls": "ssl", "workers": "worker",
 }
 SECTION_ALIASES = {("response", "delay"): "response_delay", ("kv_cache", "overlap_weight"): "kv_overlap_weight"}
 
@@ -465,6 +486,8 @@ def build(cli: dict[str, Any] | None = None, config_file: str | None = None, env
         values.update(load_file(path))
     values.update(load_env(environ))
     values.update(cli or {})
+    if "workers" not in values and environ.get("WEB_CONCURRENCY"):  # the convention of gunicorn, uvicorn, PaaS
+        values["workers"] = environ["WEB_CONCURRENCY"]
     return AppConfig(**values, explicit=frozenset(values))
 
 

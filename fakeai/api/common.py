@@ -147,10 +147,21 @@ def make_rng(seed, model: str, prompt):
     return random.Random((seed << 32) ^ zlib.crc32(orjson.dumps([model, prompt])))
 
 
+def max_tokens_of(body):
+    """max_completion_tokens, else max_tokens (None when neither is set)."""
+    return get_int(body, "max_completion_tokens", 1) if body.get("max_completion_tokens") is not None \
+        else get_int(body, "max_tokens", 1)
+
+
+def output_cap(info, prompt_tokens, max_tokens):
+    """The most tokens a choice may produce: max tokens, else what the model and its context allow."""
+    return max_tokens if max_tokens is not None else max(1, min(info.max_output_tokens,
+                                                                info.context_window - prompt_tokens))
+
+
 def plan_lengths(app, info, body, prompt_tokens, n_choices, rng, param="messages"):
     """Per-choice (pieces, finish_reason) honouring max/min tokens, ignore_eos, stop, context window."""
-    max_tokens = get_int(body, "max_completion_tokens", 1) if body.get("max_completion_tokens") is not None \
-        else get_int(body, "max_tokens", 1)
+    max_tokens = max_tokens_of(body)
     min_tokens = get_int(body, "min_tokens", 0, default=0)
     ignore_eos = get_bool(body, "ignore_eos")
     stop = get_stop(body)
@@ -163,7 +174,7 @@ def plan_lengths(app, info, body, prompt_tokens, n_choices, rng, param="messages
                                 f"you requested {wanted} tokens ({prompt_tokens} in the {param}, "
                                 f"{max_tokens or 0} in the completion). Please reduce the length of the "
                                 f"{param} or completion.", param=param, code="context_length_exceeded")
-    cap = max_tokens if max_tokens is not None else max(1, min(info.max_output_tokens, room))
+    cap = output_cap(info, prompt_tokens, max_tokens)
     if min_tokens and min_tokens > cap:
         raise ApiError(400, f"min_tokens ({min_tokens}) must be less than or equal to max_tokens ({cap}).",
                        param="min_tokens", code="invalid_value")
@@ -227,29 +238,70 @@ def fake_logprob(rng, piece: str) -> float:
 
 def respond(app, req, payload, choices, plan, timing):
     """A whole (non-stream) answer, sent when its last token would have been."""
-    resp = Response(200, orjson.dumps(payload), JSON)
+    return deliver(app, req, Response(200, orjson.dumps(payload), JSON), plan,
+                   max((len(p) for _, p, _ in choices), default=0), timing)
+
+
+def deliver(app, req, resp, plan, steps, timing, span=None):
+    """`resp` at once when nothing delays it, else a Deferred written when its `steps`-th token is due
+    (`span`: that token's offset from the first in ITLs, when not steps - 1)."""
     if plan.instant and app.slots.free and not timing:
         if plan.kv:
             release_kv(app, plan)
+        app.metrics.instant(plan.metrics, req.t0_ns)
+        if req.policy is not None:  # the rate limiter's charge, corrected now that the answer is complete
+            req.policy.settle(steps)
         return resp
-    return Deferred(app, req, resp, plan, max((len(p) for _, p, _ in choices), default=0), timing)
+    return Deferred(app, req, resp, plan, steps, timing, span)
 
 
-def admit_check(app, req, body, model, prompt_tokens, kv_prompts=()):
+def admit_check(app, req, body, model, prompt_tokens, kv_prompts=(), choices=None):
     """Queue room (429 when full), the KV cache lookups, the request's latency plan, whether it wants the
     timing record -> (plan, timing, cached_tokens).
 
     `kv_prompts`: the token ids of each prompt eligible for prefix caching (engine/kv.py); their blocks are
-    pinned until the request ends and only the uncached tokens are charged prefill time."""
+    pinned until the request ends and only the uncached tokens are charged prefill time.
+    `choices`: the planned (start, pieces, finish_reason) of each choice, for the metrics (generated tokens,
+    finish reason); the request is recorded per model from here on (plan.metrics, fakeai/metrics/).
+    With rate limits on, the request's tokens are charged here (429 when its tokens are not available)."""
     app.slots.check()
-    cached = 0
+    if req.policy is not None:
+        req.policy.charge(req, model, prompt_tokens, body, choices)
+    cached = query = 0
     handles = None
     if kv_prompts:
         handles = []
         for tokens in kv_prompts:
             c, h = app.kv.lookup(tokens, req.path)
             cached += c
+            query += len(tokens)
             handles.append(h)
     plan = app.latency.plan(model, prompt_tokens - cached)
     plan.kv = handles
+    plan.metrics = app.metrics.begin(model, prompt_tokens, cached, query, choices, body.get("stream") is True)
     return plan, timing_requested(app.config, req, body), cached
+
+
+def invalid_value(param, value, allowed) -> ApiError:
+    listed = ", ".join(f"'{a}'" for a in allowed)
+    return ApiError(400, f"Invalid value: '{value}'. Supported values are: {listed}.", param=param,
+                    code="invalid_value")
+
+
+def get_choice(body, name, allowed, default=None):
+    """A string field that must be one of `allowed` (a dict of form fields works too)."""
+    v = get_str(body, name, default=default)
+    if v is not None and v not in allowed:
+        raise invalid_value(name, v, allowed)
+    return v
+
+
+def model_of_kind(app, name, kind, what):
+    """The catalogue entry for `name` (created on first use like any id), which must be a `kind` model."""
+    if not name:
+        raise ApiError(400, "Invalid 'model': empty string.", param="model", code="invalid_value")
+    info = app.catalog.get_or_create(name)
+    if info.kind != kind:
+        raise ApiError(400, f"The model '{name}' is a {info.kind} model and does not support {what}.",
+                       param="model", code="invalid_model")
+    return info

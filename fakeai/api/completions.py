@@ -106,7 +106,7 @@ def create(app, req):
             choices.append((start, pieces, finish))
             echo_texts.append(text if echo else "")
     completion = sum(len(p) for _, p, _ in choices)
-    plan, timing, cached = C.admit_check(app, req, body, model, prompt_total, kv_prompts)
+    plan, timing, cached = C.admit_check(app, req, body, model, prompt_total, kv_prompts, choices)
     usage = C.usage(prompt_total, completion, cached)
     lps = None
     if k is not None:

@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from fakeai._speedups import load
+from fakeai.metrics.recorder import ABORTED, FAILED, OK
 from fakeai.server.response import Response, Stream
 
 _sched = load("scheduler")
@@ -56,16 +57,34 @@ def release_kv(app, plan) -> None:
 
 
 class _Job(Stream):
-    """Shared by both: slot admission, the app hooks, cancellation state."""
+    """Shared by both: slot admission, the app hooks (metrics: app.metrics.enter / leave), cancellation state."""
 
     __slots__ = ()
 
     def _enter(self, conn):
         self.conn = conn
         self.sched = get_scheduler(conn.loop)
+        self.app.metrics.enter(self)
         self.app.slots.acquire(self)
 
-    def _leave(self):
+    def _admitted(self, now, mult) -> int:
+        """Called by admit(): fix the load multiplier and the queue time; -> when the first token is due."""
+        self.admitted = True
+        plan = self.plan
+        plan.mult = mult
+        plan.queue_ns = now - self.req.t0_ns
+        return now + plan.first_token_ns()
+
+    def _progress(self, outcome):
+        """For the metrics: (first token time, last token time, token steps produced, simulated ITL
+        observations, their value); 0 for what the job does not know."""
+        return 0, 0, 0, 0, 0
+
+    def _leave(self, outcome=OK):
+        progress = self._progress(outcome)
+        self.app.metrics.leave(self, outcome, *progress)
+        if self.req.policy is not None:  # the rate limiter's charge, corrected to the token steps produced
+            self.req.policy.settle(progress[2])
         if self.admitted:
             self.admitted = False
             self.app.slots.release()
@@ -78,7 +97,7 @@ class _Job(Stream):
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
-        self._leave()
+        self._leave(ABORTED)
         self.cancelled = True
         self.conn = None
 
@@ -87,30 +106,41 @@ class Deferred(_Job):
     """A whole response, written when its last token is due (a non-streaming completion)."""
 
     __slots__ = ("app", "req", "response", "plan", "steps", "handle", "conn", "sched", "admitted", "cancelled",
-                 "timing", "deadline")
+                 "timing", "first", "deadline", "span")
     writes_head = False
 
-    def __init__(self, app, req, response: Response, plan, steps: int, timing: bool):
+    def __init__(self, app, req, response: Response, plan, steps: int, timing: bool, span=None):
         self.app = app
         self.req = req
         self.response = response
         self.plan = plan
         self.steps = steps
+        self.span = span  # ITLs from the first token to the last when not steps - 1 (see TokenStream's grid)
         self.timing = timing
         self.handle = self.conn = self.sched = None
         self.admitted = self.cancelled = False
-        self.deadline = 0
+        self.first = self.deadline = 0
 
     def start(self, conn):
         self._enter(conn)
 
     def admit(self, now, mult):
-        self.admitted = True
+        self.first = self._admitted(now, mult)
         plan = self.plan
-        plan.mult = mult
-        plan.queue_ns = now - self.req.t0_ns
-        self.deadline = now + plan.first_token_ns() + max(self.steps - 1, 0) * plan.itl_ns
+        span = self.span
+        self.deadline = self.first + (max(self.steps - 1, 0) * plan.itl_ns if span is None
+                                      else int(span * plan.itl_ns))
         self.handle = self.sched.call_at(self.deadline, self._fire)
+
+    def _progress(self, outcome):
+        """The simulated engine's tokens: one a step from `first`; an abort stops at the last one due."""
+        first, steps, itl = self.first, self.steps, self.plan.itl_ns
+        if outcome != OK and first:
+            now = now_ns()
+            steps = 0 if now < first else min(steps, 1 + (now - first) // itl) if itl else steps
+        if not first or not steps:
+            return 0, 0, 0, 0, 0
+        return first, first + (steps - 1) * itl, steps, steps - 1, itl
 
     def _fire(self, _arg, now):
         self.handle = None
@@ -132,14 +162,20 @@ class TokenStream(_Job):
 
     `head` is written together with step 0 (chat's role chunk); `tail()` returns
     the closing events as a list of bytes (each ending in b"}\\n\\n"), written
-    after the last step, then [DONE].
+    after the last step, then `done` ([DONE]; a subclass may end otherwise: the Responses API sends none).
+    A step may render as b"" (a token with nothing to show): nothing is written for it.
+    `grid` (optional: one float per step, grid[0] == 0, non-decreasing) places step i at
+    first + grid[i] ITLs instead of first + i ITLs (a predicted output's accepted tokens cost less).
     """
+
+    done = DONE
 
     __slots__ = ("app", "req", "plan", "conn", "sched", "steps", "chunk", "head", "tail", "i", "deadline", "handle",
                  "waiting", "t0", "first", "itl", "last_write", "last_token", "cfg_ka", "cfg_tok_to",
-                 "cfg_stream_to", "error_chunk", "admitted", "cancelled", "targets", "actuals")
+                 "cfg_stream_to", "error_chunk", "admitted", "cancelled", "targets", "actuals", "t_first", "grid")
 
-    def __init__(self, app, req, plan, steps: int, chunk, head: bytes, tail, error_chunk, timing: bool):
+    def __init__(self, app, req, plan, steps: int, chunk, head: bytes, tail, error_chunk, timing: bool,
+                 grid=None):
         cfg = app.config
         self.app = app
         self.req = req
@@ -152,7 +188,7 @@ class TokenStream(_Job):
         self.error_chunk = error_chunk  # (message, code) -> bytes of an SSE error event
         self.i = 0
         self.t0 = req.t0_ns
-        self.first = self.deadline = 0
+        self.first = self.deadline = self.t_first = 0  # t_first: when the first token was written
         self.itl = 0
         self.waiting = False
         self.admitted = self.cancelled = False
@@ -162,6 +198,9 @@ class TokenStream(_Job):
         self.cfg_stream_to = int(cfg.stream_timeout_seconds * 1e9)
         self.targets = array("q") if timing else None
         self.actuals = array("q") if timing else None
+        if req.policy is not None:  # an injected mid-stream failure may shorten it (fakeai/policy)
+            req.policy.attach(self)
+        self.grid = grid
 
     def start(self, conn):
         self._enter(conn)
@@ -169,12 +208,8 @@ class TokenStream(_Job):
             self._arm(now_ns())
 
     def admit(self, now, mult):
-        self.admitted = True
-        plan = self.plan
-        plan.mult = mult
-        plan.queue_ns = now - self.t0
-        self.itl = plan.itl_ns
-        self.first = self.deadline = now + plan.first_token_ns()
+        self.first = self.deadline = self._admitted(now, mult)
+        self.itl = self.plan.itl_ns
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
@@ -185,6 +220,10 @@ class TokenStream(_Job):
         if self.waiting and self.conn is not None:
             self.waiting = False
             self._tick(None, now_ns())
+
+    def _progress(self, outcome):
+        t = self.t_first
+        return t, self.last_token if t else 0, self.i, 0, 0
 
     # -- internals
     def _arm(self, now):
@@ -222,12 +261,20 @@ class TokenStream(_Job):
         sample = plan.sample
         d = self.deadline
         first = self.first
+        grid = self.grid
         due = []
         while i < steps and d <= horizon:
             parts.append(chunk(i))
             due.append(d)
             i += 1
-            if frac:
+            if grid is not None:
+                if i < steps:
+                    base = first + int(grid[i - 1] * itl)
+                    gap = first + int(grid[i] * itl) - base
+                    nd = base + (int(sample(gap, frac)) if frac else gap)
+                    if nd > d:
+                        d = nd
+            elif frac:
                 nd = first + (i - 1) * itl + int(sample(itl, frac))
                 if nd > d:
                     d = nd
@@ -235,8 +282,13 @@ class TokenStream(_Job):
                 d = first + i * itl
         self.i = i
         self.deadline = d
-        self.last_write = self.last_token = now
         finished = i >= steps
+        if due or finished:  # metrics: tokens as written, one inter-token latency a write (a vLLM step)
+            gap = now - self.last_token if self.t_first else -1
+            self.app.metrics.tokens(plan.metrics, now, gap, i - len(due), i)
+            if not self.t_first:
+                self.t_first = now
+        self.last_token = now
         if finished:
             tail = self.tail()
             if self.targets is not None:
@@ -245,7 +297,7 @@ class TokenStream(_Job):
                 tail[-1] = last[:-3] + b',"fakeai_timing":' + timing_json(self.t0, plan, self.targets,
                                                                            self.actuals) + b"}\n\n"
             parts += tail
-            parts.append(DONE)
+            parts.append(self.done)
             self.conn = None
             self._leave()
             conn.stream_end(b"".join(parts), 200)
@@ -253,7 +305,10 @@ class TokenStream(_Job):
                 self._record(due)
             return
         self._record(due)
-        conn.stream_send(b"".join(parts))
+        data = b"".join(parts)
+        if data:  # b"" on a chunked connection would be the terminating chunk
+            conn.stream_send(data)
+            self.last_write = now
         self._arm(now)
 
     def _record(self, due):
@@ -284,8 +339,9 @@ class TokenStream(_Job):
         if conn is None:
             return
         self.conn = None
-        self._leave()
-        conn.stream_end(self.error_chunk(message, code) + DONE, 200)
+        self._leave(FAILED)
+        self.app.metrics.error(code)
+        conn.stream_end(self.error_chunk(message, code) + self.done, 200)
 
     def _stream_timeout(self, _arg, now):
         self._fail(f"Stream timeout: the stream exceeded stream_timeout_seconds "

@@ -119,7 +119,7 @@ def sampler(distribution: str, rand=random.random, gauss=random.gauss):
 class Plan:
     """One request's latency, fixed at admission. All times in ns."""
 
-    __slots__ = ("prefill", "itl", "ttft_frac", "itl_frac", "delay", "sample", "mult", "queue_ns", "kv")
+    __slots__ = ("prefill", "itl", "ttft_frac", "itl_frac", "delay", "sample", "mult", "queue_ns", "kv", "metrics")
 
     def __init__(self, prefill, itl, ttft_frac, itl_frac, delay, sample):
         self.prefill = prefill
@@ -131,6 +131,7 @@ class Plan:
         self.mult = 1.0
         self.queue_ns = 0
         self.kv = None  # KV cache handles the request pins until it ends (engine/kv.py)
+        self.metrics = None  # the request's metrics tag (fakeai/metrics/recorder.py), set by api/common.py
 
     def first_token_ns(self) -> int:
         """Prefill (jittered, load-scaled) + response_delay."""
@@ -215,12 +216,17 @@ class Slots:
     """max_num_seqs running slots and a FIFO waiting queue. Jobs have .admit(now_ns) and .cancelled."""
 
     def __init__(self, cfg, now_ns):
-        self.max_running = cfg.max_num_seqs
-        self.max_waiting = cfg.max_waiting_queue_length
-        self.factor = cfg.load_latency_factor
         self.running = 0
         self.waiting: deque = deque()
         self.now_ns = now_ns
+        self.configure(cfg)
+
+    def configure(self, cfg) -> None:
+        """Take the limits from cfg (at start-up and on a reload: more slots admit waiting jobs at once)."""
+        self.max_running = cfg.max_num_seqs
+        self.max_waiting = cfg.max_waiting_queue_length
+        self.factor = cfg.load_latency_factor
+        self._admit_waiting()
 
     @property
     def free(self) -> bool:
@@ -247,6 +253,9 @@ class Slots:
 
     def release(self) -> None:
         self.running -= 1
+        self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
         while self.waiting and self.running < self.max_running:
             job = self.waiting.popleft()
             if job.cancelled:

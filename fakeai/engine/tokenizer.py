@@ -121,3 +121,19 @@ class Tokenizer:
         if enc is not None:
             return [enc.decode_single_token_bytes(t).decode("utf-8", "replace") for t in enc.encode_ordinary(text)]
         return _FALLBACK_RE.findall(text)
+
+    def split(self, text: str, encoding: str) -> list[str]:
+        """The text as generated output tokens: pieces whose concatenation is exactly `text` (a UTF-8
+        character that a token boundary cuts joins the next piece, so no piece holds half a character)."""
+        enc = self.encoding(encoding)
+        if enc is None:
+            return _FALLBACK_RE.findall(text)
+        out, pending = [], b""
+        for t in enc.encode_ordinary(text):
+            pending += enc.decode_single_token_bytes(t)
+            try:
+                out.append(pending.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            pending = b""
+        return out

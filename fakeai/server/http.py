@@ -323,10 +323,13 @@ class HttpProtocol(asyncio.Protocol):
             if ws_route is not None and method == "GET" and req.header(b"upgrade") is not None:
                 ws_upgrade(self, req, ws_route, http10)  # the socket is a WebSocket's now (or ApiError)
                 return
-            handler, params = self.router.resolve(method, path)
-            if params:
-                req.params = params
-            result = handler(req)
+            policy = self.server.app.policy  # nothing to check when every policy option is off
+            result = policy.check(req) if policy.active else None  # a preflight, an injected stall
+            if result is None:
+                handler, params = self.router.resolve(method, path)
+                if params:
+                    req.params = params
+                result = handler(req)
         except ApiError as exc:
             result = exc.response()
         except Exception:
@@ -397,10 +400,16 @@ class HttpProtocol(asyncio.Protocol):
             return head + b"".join(tail) + b"\r\n"
         return head + b"\r\n"
 
+    def _more(self, req):
+        """The server's extra headers and this request's own (req.out_headers: CORS, x-ratelimit-*)."""
+        more = self.server.extra_headers
+        if req is None or req.out_headers is None:
+            return more
+        return req.out_headers if more is None else more + req.out_headers
+
     def _write_response(self, req, resp, rid):
         body = resp.body
-        head = self._head_bytes(resp.status, resp.content_type, resp.headers, len(body), rid,
-                                self.server.extra_headers)
+        head = self._head_bytes(resp.status, resp.content_type, resp.headers, len(body), rid, self._more(req))
         if req is not None and req.method == "HEAD":
             self.transport.write(head)
         else:
@@ -414,7 +423,7 @@ class HttpProtocol(asyncio.Protocol):
         if not self.chunked:
             self.keep_alive = False  # HTTP/1.0: the body ends when the connection closes
         self.transport.write(self._head_bytes(stream.status, stream.content_type, stream.headers, None,
-                                              req.request_id, self.server.extra_headers))
+                                              req.request_id, self._more(req)))
         self.busy = stream
         self.sent = 0
         stream.start(self)

@@ -1,11 +1,16 @@
-"""Process-level serving: event loop, listening socket, ticker, signals, logging.
+"""Process-level serving: event loop, listening sockets, ticker, signals, logging.
 
-Strategy: uvloop when installed (plain asyncio otherwise); one listening
-socket bound before anything is served; a 1-second ticker refreshes the
-`date` header and sweeps connections for timeouts (no timer per request).
-SIGTERM/SIGINT: stop accepting, close idle connections, let in-flight
-requests finish up to shutdown_timeout, then cancel the rest and exit 0; a
-second signal exits at once.
+Strategy: uvloop when installed (plain asyncio otherwise); the listening
+sockets are opened before anything is served (server/listen.py: TCP, Unix,
+inherited, systemd's; TLS); with `workers` > 1 the supervisor
+(server/supervisor.py) forks the serving processes instead. A 1-second
+ticker refreshes the `date` header and sweeps connections for timeouts (no
+timer per request). SIGTERM/SIGINT: stop accepting, close idle connections,
+let in-flight requests finish up to shutdown_timeout, then end the rest with
+a clean close (Stream.expire: an SSE error event or a 503; WebSockets 1012)
+and exit 0; a second signal exits at once. SIGHUP: server/reload.py. systemd
+hears READY=1 once listening, RELOADING=1 / READY=1 around a reload,
+STOPPING=1 and WATCHDOG=1 from this loop (server/systemd.py).
 """
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 
@@ -22,8 +26,10 @@ import orjson
 from fakeai import __version__
 from fakeai.config import ConfigError
 from fakeai._speedups import active as speedups_active, load as load_speedup
-from fakeai.server import response as R
+from fakeai.server import listen, response as R
 from fakeai.server.http import HttpProtocol
+from fakeai.server.reload import reload
+from fakeai.server.systemd import Notifier
 
 log = logging.getLogger("fakeai")
 access = logging.getLogger("fakeai.access")
@@ -42,13 +48,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(cfg) -> None:
+    """Handlers from cfg; called again on SIGHUP, which reopens `log_file` (raises OSError if it cannot)."""
     level = logging.DEBUG if cfg.debug else getattr(logging, cfg.log_level.upper())
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.FileHandler(cfg.log_file) if cfg.log_file else logging.StreamHandler(sys.stderr)
     if cfg.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("fakeai")
+    for old in root.handlers:
+        old.close()
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
@@ -67,10 +76,16 @@ class Server:
         self.rid_counter = 0
         self.now = time.monotonic()
         self.extra_headers = None  # [(name, value)] added to every response (policy layers)
-        self._log_access = config.access_log and access.isEnabledFor(logging.INFO)
-        self._json_log = config.log_format == "json"
+        self.logging_changed()
         self._tick_handle = None
+        metrics = getattr(app, "metrics", None)  # absent in transport-only test apps
+        self._record = metrics.response if metrics is not None else (lambda req, status: None)  # per-response hook
         app.server_stats = self.stats
+
+    def logging_changed(self) -> None:
+        """setup_logging ran (again): how access lines are written."""
+        self._log_access = self.config.access_log and access.isEnabledFor(logging.INFO)
+        self._json_log = self.config.log_format == "json"
 
     def stats(self) -> dict:
         slots = self.app.slots
@@ -78,7 +93,7 @@ class Server:
                 "in_flight": sum(1 for c in self.connections if c.busy is not None),
                 "scheduled_timers": len(load_speedup("scheduler").get_scheduler(self.loop)),
                 "running": slots.running, "waiting": len(slots.waiting),
-                "token_lateness": self.app.lateness.summary()}
+                "token_lateness": self.app.lateness.summary(), "pid": os.getpid()}
 
     def tick(self):
         self.now = now = time.monotonic()
@@ -88,6 +103,7 @@ class Server:
         self._tick_handle = self.loop.call_later(1.0, self.tick)
 
     def on_response(self, req, status, nbytes, client):
+        self._record(req, status)
         if not self._log_access or req is None:
             return
         ms = (time.monotonic_ns() - req.t0_ns) / 1e6
@@ -101,11 +117,12 @@ class Server:
                         req.request_id)
 
     def on_request_aborted(self, req):
-        if self._log_access and req is not None:
+        if req is not None:
             self.on_response(req, 499, 0, req.client)
 
-    async def shutdown(self, listener):
-        listener.close()
+    async def shutdown(self, listeners):
+        for listener in listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.shutdown_idle()
         deadline = time.monotonic() + self.config.shutdown_timeout
@@ -113,13 +130,17 @@ class Server:
             for conn in list(self.connections):
                 conn.shutdown_idle()
             await asyncio.sleep(0.05)
+        why = (f"The server is shutting down: the request did not finish within shutdown_timeout "
+               f"({self.config.shutdown_timeout:g} s).")
         for conn in list(self.connections):
-            if conn.busy is not None:
-                conn.busy.cancel()
-                conn.busy = None
+            busy = conn.busy
+            if busy is not None and not (isinstance(busy, R.Stream) and busy.expire(why)):
+                busy.cancel()
+            conn.busy = None
             conn.transport.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        await asyncio.sleep(0)  # the last bytes leave before the loop closes
 
 
 def new_loop():
@@ -130,23 +151,20 @@ def new_loop():
         return asyncio.new_event_loop()
 
 
-def bind(cfg) -> socket.socket:
-    host = cfg.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def run(cfg, app_factory, rebuild) -> int:
+    """Serve until a signal; returns the exit status. rebuild() reads the configuration again (SIGHUP)."""
     try:
-        sock.bind((host, cfg.port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
-def run(cfg, app_factory) -> int:
-    """Serve until a signal; returns the exit status."""
-    setup_logging(cfg)
+        setup_logging(cfg)
+    except OSError as exc:
+        sys.stderr.write(f"fakeai: cannot open log file {cfg.log_file!r}: {exc.strerror or exc}\n")
+        return 1
+    if cfg.workers > 1:
+        from fakeai.server import supervisor
+        try:
+            supervisor.check(cfg)
+        except ConfigError as exc:
+            sys.stderr.write(f"fakeai: {exc}\n")
+            return 2
     try:
         app = app_factory(cfg)
     except ConfigError as exc:  # options only the engine can check (latency profiles)
@@ -156,19 +174,38 @@ def run(cfg, app_factory) -> int:
         log.error("%s", exc)
         return 1
     try:
-        sock = bind(cfg)
-    except OSError as exc:
-        log.error("cannot bind %s:%s: %s", cfg.host, cfg.port, exc.strerror or exc)
+        tls = listen.ssl_context(cfg)
+        socks, created = listen.shared(cfg)
+        if cfg.workers > 1:
+            return supervisor.Supervisor(cfg, app, rebuild, socks, created, tls).run()
+        socks = socks or [listen.tcp(cfg.host, cfg.port, cfg.reuse_port)]
+    except listen.ListenError as exc:
+        log.error("%s", exc)
         return 1
+    try:
+        return serve(cfg, app, socks, tls, Notifier.from_env(), rebuild)
+    finally:
+        listen.close(socks, created)
+
+
+def serve(cfg, app, socks, tls, notifier, rebuild, worker=None) -> int:
+    """The event loop of one serving process (the only one, or a worker: server/worker.py)."""
     loop = new_loop()
     asyncio.set_event_loop(loop)
     server = Server(cfg, app, loop)
-    listener = loop.run_until_complete(loop.create_server(lambda: HttpProtocol(server), sock=sock,
-                                                          backlog=cfg.backlog))
-    host, port = sock.getsockname()[:2]
+    for hook in app.startup:
+        hook(loop)
+    listeners = [loop.run_until_complete(loop.create_server(lambda: HttpProtocol(server), sock=sock,
+                                                            backlog=cfg.backlog, ssl=tls)) for sock in socks]
+    urls = [listen.url(sock, tls is not None) for sock in socks]
     server.tick()
     stop = loop.create_future()
     signals = {"count": 0}
+
+    def drain():
+        if not stop.done():
+            notifier.stopping(f"draining {len(server.connections)} connections")
+            stop.set_result(None)
 
     def on_signal(signum):
         signals["count"] += 1
@@ -176,22 +213,46 @@ def run(cfg, app_factory) -> int:
             log.warning("second signal: exiting now")
             os._exit(0)
         log.info("received %s: draining (up to %gs)", signal.Signals(signum).name, cfg.shutdown_timeout)
-        if not stop.done():
-            stop.set_result(signum)
+        drain()
+
+    def on_reload():
+        notifier.reloading()
+        notifier.ready(reload(app, rebuild, server, tls)[1])
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    compiled = speedups_active()
-    log.info("fakeai %s listening on http://%s:%d (pid %d; loop %s; speedups %s; tokenizer: %s; ttft %gms itl %gms)",
-             __version__, host, port, os.getpid(), type(loop).__module__.split(".")[0],
-             ", ".join(f"{k}={v}" for k, v in compiled.items()), app.tokenizer.describe(), cfg.ttft_ms, cfg.itl_ms)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if worker is None:
+        log.info("%s", banner(cfg, app, urls, 1))
+    else:
+        worker.start(loop, server, drain, on_reload)
+        log.info("worker %d (pid %d) serving", worker.index, os.getpid())
+    notifier.ready(f"serving on {', '.join(urls)}")
+    notifier.start_watchdog(loop)
     try:
         loop.run_until_complete(stop)
-        loop.run_until_complete(server.shutdown(listener))
+        loop.run_until_complete(server.shutdown(listeners))
+        for hook in app.shutdown:
+            hook()
     finally:
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
-    log.info("fakeai stopped")
+    log.info("fakeai stopped" if worker is None else f"worker {worker.index} stopped")
     return 0
+
+
+def banner(cfg, app, urls, workers: int) -> str:
+    """The start-up line: where, what runs, and the settings people check first."""
+    loop_name = "uvloop" if "uvloop" in sys.modules else "asyncio"
+    compiled = ", ".join(f"{k}={v}" for k, v in speedups_active().items())
+    kv = (f"on ({cfg.kv_cache_num_workers} x {cfg.kv_cache_capacity_blocks} blocks of {cfg.kv_cache_block_size})"
+          if cfg.kv_cache_enabled else "off")
+    rate = f"{cfg.rate_limit_tier}" if cfg.rate_limit_enabled else "off"
+    return (f"fakeai {__version__} serving {', '.join(urls)} (pid {os.getpid()}; workers {workers}; loop "
+            f"{loop_name}; speedups {compiled}; tokenizer: {app.tokenizer.describe()}) | ttft {cfg.ttft_ms:g} ms, "
+            f"itl {cfg.itl_ms:g} ms, latency profile {cfg.latency_profile}, max_num_seqs {cfg.max_num_seqs}, "
+            f"kv cache {kv}, api keys {'required' if cfg.require_api_key else 'not required'}, rate limit "
+            f"{rate}, metrics {'on' if cfg.metrics_enabled else 'off'}, shutdown_timeout {cfg.shutdown_timeout:g} s, "
+            f"log {cfg.log_level} {cfg.log_format} to {cfg.log_file or 'stderr'}")

@@ -1,16 +1,24 @@
 """WebSocket endpoints (RFC 6455) on the HTTP connection's own socket, framed by wsproto.
 
-Theory of operation.
+Interface. `router.add_ws(path, factory, subprotocols=())`; after the handshake the server
+calls `factory(req, ws)` (raising ApiError refuses the upgrade with that HTTP error) for a
+handler with any of `on_text(str)`, `on_bytes(bytes)`, `on_close(code, reason)` (called
+exactly once, see Lifetime), `on_drain()`. `ws` offers `send_text(str, or bytes that are
+UTF-8)`, `send_bytes(bytes)`, `close(code=1000, reason="")`, `closed`, `write_paused`,
+`buffered`, `subprotocol` and `loop` (periodic senders use loop.call_later and cancel in
+on_close).
 
 Upgrade. HttpProtocol hands a GET that carries `Upgrade` for a path registered with
 `router.add_ws(path, factory, subprotocols)` to `upgrade()`, whichever parser (fast path or
 h11) read the head. The handshake is checked as wsproto's H11Handshake checks it (HTTP/1.1,
 `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` else 426, a key
-of 16 base64 bytes, no body); the Origin against `cors_allowed_origins` (a browser
-Origin not listed gets 403; clients that send no Origin are not browsers and pass). An API
-key comes from `Authorization: Bearer` or, as browsers must send it, from the
-`openai-insecure-api-key.<key>` subprotocol: it becomes an Authorization header for
-`app.policy.check(req)` and is never selected as the subprotocol. The first offered
+of 16 base64 bytes, no body); the Origin as CORS judges it (`cors_allowed_origins`: an
+Origin CORS would not allow gets 403, none is allowed when the list is empty; clients
+that send no Origin are not browsers and pass: browsers do not apply CORS to WebSockets,
+so this check is the server's to make). An API key comes from `Authorization: Bearer`
+or, as browsers must send it, from the `openai-insecure-api-key.<key>` subprotocol: it
+becomes an Authorization header for `app.policy.check(req)` (auth, the handshake counted
+as one request by the rate limiter) and is never selected as the subprotocol. The first offered
 subprotocol the endpoint supports is selected; the first acceptable permessage-deflate
 offer is accepted (`ws_permessage_deflate`). Then `factory(req, ws)` builds the handler.
 An ApiError anywhere refuses the upgrade with that HTTP error. Only then is
@@ -29,14 +37,15 @@ expand into gigabytes. A text message to a handler without `on_text` (or bytes w
 Uncompressed server frames are built by hand (unmasked: 2-10 header bytes + payload);
 compressed ones go through wsproto.
 
-Writing. Sends queue frame bytes that leave in ONE transport.write: at the end of the
-receive that caused them, or from a call_soon for timer-driven sends (several sends in a
-tick share one write). Back-pressure: `ws.buffered` (queued + the transport's buffer)
-tells producers how far behind the client is; above the transport's high-water mark we
-stop reading the socket (a client that sends but does not read is slowed by TCP, not by
-our memory) and call the handler's optional `on_drain()` when it drained. Past
-`ws_max_send_buffer` the connection is closed with 1008 (policy violation: the client
-does not read what it asked for) and nothing more is queued.
+Writing. Small sends queue frame bytes that leave in ONE transport.write: at the end of
+the receive that caused them, or from a call_soon for timer-driven sends (several sends
+in a tick share one write); 64 KiB queued are written at once. Back-pressure: when the
+transport's buffer passes its high-water mark, `ws.write_paused` turns true (producers
+stop there) and we stop reading the socket (a client that sends but does not read is
+slowed by TCP, not by our memory); the handler's optional `on_drain()` is called when it
+turns false again. `ws.buffered` (queued + the transport's buffer) says how far behind
+the client is. Past `ws_max_send_buffer` the connection is closed with 1008 (policy
+violation: the client does not read what it asked for) and nothing more is queued.
 
 Lifetime. `on_close(code, reason)` is called exactly once: the client's close code, ours
 when we close (handler's close(), errors, shutdown), 1006 when the socket just went away.
@@ -73,6 +82,7 @@ _REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _pack16 = struct.Struct("!BBH").pack
 _pack64 = struct.Struct("!BBQ").pack
 _TEXT, _BINARY = 0x81, 0x82  # FIN + opcode
+_FLUSH_AT = 65536  # queued bytes written at once rather than at the end of the tick
 
 
 def _frame(first: int, payload: bytes) -> bytes:
@@ -161,17 +171,16 @@ def upgrade(conn, req, route, http10: bool) -> None:
         raise _refuse(400, "Sec-WebSocket-Key must be 16 bytes in base64.")
     if req.body:
         raise _refuse(400, "a handshake request has no body.")
+    policy = server.app.policy
     origin = req.header(b"origin")
-    allowed = getattr(cfg, "cors_allowed_origins", None)  # TODO(revisit when the policy options land)
-    if origin is not None and allowed is not None and "*" not in allowed and origin.decode("latin-1") not in allowed:
+    if origin is not None and (policy.cors is None or policy.cors.headers(origin) is None):
         raise _refuse(403, f"origin {origin.decode('latin-1')!r} is not allowed (cors_allowed_origins).")
     offered = _values(req, b"sec-websocket-protocol")
     api_key = next((p[len(INSECURE_KEY_PROTOCOL):] for p in offered if p.startswith(INSECURE_KEY_PROTOCOL)), None)
     if api_key and req.header(b"authorization") is None:
         req.headers = req.headers + [(b"authorization", b"Bearer " + api_key.encode("latin-1"))]
-    policy = getattr(server.app, "policy", None)  # TODO(revisit when fakeai/policy lands)
-    if policy is not None:
-        policy.check(req)
+    if policy.active:
+        policy.check(req)  # raises, or None: a GET with Upgrade is neither a preflight nor failed on purpose
     chosen = next((p for p in offered if p in supported), None)
     deflate, deflate_header = _negotiate_deflate(req, cfg.ws_max_message_size) if cfg.ws_permessage_deflate \
         else (None, None)
@@ -184,7 +193,7 @@ def upgrade(conn, req, route, http10: bool) -> None:
     if deflate_header:
         head.append(b"sec-websocket-extensions: " + deflate_header.encode() + b"\r\n")
     head += [R.SERVER, R.date_line(), b"x-request-id: " + req.request_id.encode("latin-1") + b"\r\n"]
-    head += [b"%s: %s\r\n" % kv for kv in (server.extra_headers or ())]
+    head += [b"%s: %s\r\n" % kv for kv in [*(server.extra_headers or ()), *(req.out_headers or ())]]
     head.append(b"\r\n")
     # the HTTP protocol object is done with this socket
     leftover = bytes(conn.buf)
@@ -390,7 +399,11 @@ class WebSocket(asyncio.Protocol):
     def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
         self._out_size += len(frame)
-        if self._flush is None and not self._receiving and self.transport is not None:
+        if self.transport is None:
+            return
+        if self._out_size >= _FLUSH_AT:
+            self._write_out()
+        elif self._flush is None and not self._receiving:
             self._flush = self.loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:

@@ -1,0 +1,24 @@
+"""The metrics layer: recording (recorder), Prometheus text (prometheus), simulated GPUs (dcgm), SQLite (persistence).
+
+`build(config, app)` returns what the app keeps as `app.metrics`: the recorder,
+with its persisted counters restored when persistence is on, or a NullMetrics
+when `metrics_enabled` is false (then nothing is recorded, persisted or logged).
+"""
+from __future__ import annotations
+
+from fakeai.metrics.recorder import Metrics, NullMetrics
+
+
+def build(config, app):
+    if not config.metrics_enabled:
+        return NullMetrics()
+    store = None
+    if config.metrics_persistence_enabled:
+        from fakeai.metrics.persistence import Store
+        store = Store(config.metrics_db_path)  # raises PersistenceError (a RuntimeError): exit 1 before binding
+    metrics = Metrics(config, app, store)
+    if store is not None:
+        state = store.load()
+        if state:
+            metrics.restore(state)
+    return metrics

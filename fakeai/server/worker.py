@@ -1,0 +1,145 @@
+"""One worker process under the supervisor: its control channel, and /health and /metrics for the whole server.
+
+Strategy. The supervisor (server/supervisor.py) forks the worker with one end
+of a datagram socketpair. Upwards the worker speaks systemd's notify protocol
+on it (READY=1, RELOADING=1, STOPPING=1 and a WATCHDOG=1 heartbeat from its
+event loop), downwards it reads one-word commands: STOP (drain, as on
+SIGTERM, but never counted as a second signal: systemd's control-group kill
+and a terminal's Ctrl-C also reach the worker directly), RELOAD (as SIGHUP)
+and EXIT (at once, the supervisor's second signal).
+
+Figures: every worker answers connections on `<rundir>/w<i>.sock` by writing
+its figures (fakeai/metrics/cluster.py `dump`, pickled: the peers are this
+same program, the directory is private to the user) and closing. /health,
+/v1/health, /metrics, /metrics/prometheus and /prometheus/metrics are routed
+here: the answering worker gathers the peers' figures concurrently (a peer
+that does not answer within PEER_TIMEOUT is counted down), sums them
+(cluster.merge) into a View, an App-shaped object the ordinary health and
+metrics handlers were registered on, and runs the handler on it. /health's
+`server.workers` says how many workers answered and their pids.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+
+from fakeai.api import health as health_api, metrics as metrics_api
+from fakeai.metrics import cluster
+from fakeai.server.router import Router
+
+log = logging.getLogger("fakeai")
+
+PEER_TIMEOUT = 2.0
+ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics")
+
+
+def peer_path(rundir: str, index: int) -> str:
+    return os.path.join(rundir, f"w{index}.sock")
+
+
+class Worker:
+    def __init__(self, index: int, count: int, rundir: str, channel):
+        self.index = index
+        self.count = count
+        self.rundir = rundir
+        self.channel = channel  # the socketpair end (also the notifier's socket)
+        self.server = None
+        self.view = None
+
+    def start(self, loop, server, drain, reload) -> None:
+        """Called by serve() before the loop runs: commands, the figures socket, the whole-server routes."""
+        self.server = server
+        app = server.app
+
+        def command():
+            try:
+                word = self.channel.recv(64)
+            except OSError:
+                return
+            if word == b"STOP":
+                drain()
+            elif word == b"RELOAD":
+                reload()
+            elif word == b"EXIT":
+                os._exit(0)
+            elif not word:  # the supervisor is gone
+                loop.remove_reader(self.channel.fileno())
+                drain()
+
+        loop.add_reader(self.channel.fileno(), command)
+        path = peer_path(self.rundir, self.index)
+        if os.path.exists(path):
+            os.unlink(path)  # this worker's predecessor's
+        loop.run_until_complete(loop.create_unix_server(lambda: _Publish(self), path))
+        self.view = View(app)
+        for route in ROUTES:
+            app.router.add("GET", route, self.answer)
+
+    def dump(self) -> dict:
+        return cluster.dump(self.server.app, self.server.stats())
+
+    async def answer(self, req):
+        peers = [peer_path(self.rundir, i) for i in range(self.count) if i != self.index]
+        got = await asyncio.gather(*(self._fetch(p) for p in peers))
+        parts = [self.dump(), *(d for d in got if d is not None)]
+        handler, _ = self.view.refresh(parts, self.count).router.resolve("GET", req.path)
+        return handler(req)
+
+    async def _fetch(self, path: str):
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), PEER_TIMEOUT)
+            try:
+                data = await asyncio.wait_for(reader.read(), PEER_TIMEOUT)
+            finally:
+                writer.close()
+            return pickle.loads(data)
+        except (OSError, asyncio.TimeoutError, pickle.UnpicklingError, EOFError):
+            return None  # down, restarting or stuck: not counted
+
+
+class _Publish(asyncio.Protocol):
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def connection_made(self, transport):
+        transport.write(pickle.dumps(self.worker.dump(), protocol=pickle.HIGHEST_PROTOCOL))
+        transport.close()
+
+
+class View:
+    """The whole server in an App's shape, for the health and metrics handlers registered on its own router."""
+
+    def __init__(self, app):
+        self.app = app
+        self.config = app.config
+        self.catalog = app.catalog
+        self.tokenizer = app.tokenizer
+        self.metrics, self.kv, self.policy, self.slots, self.lateness = (app.metrics, app.kv, app.policy, app.slots,
+                                                                        app.lateness)
+        self.server_stats = None
+        self.router = Router()
+        self._models: list[str] = []  # every model and finish reason seen, in order (a stable Prometheus template)
+        self._reasons: list[str] = []
+        health_api.register(self)
+        metrics_api.register(self)
+
+    def refresh(self, parts: list[dict], count: int) -> "View":
+        self.kv = cluster.KV([p["kv"] for p in parts])
+        self.policy = cluster.Policy([p["policy"] for p in parts])
+        self.slots = cluster.Slots([p["slots"] for p in parts])
+        self.lateness = cluster.lateness([p["lateness"] for p in parts])
+        figures = [p["metrics"] for p in parts if "metrics" in p]
+        if figures:
+            for f in figures:
+                self._models += [m for m in f["models"] if m not in self._models]
+                self._reasons += [r for r in f["state"]["reasons"] if r not in self._reasons]
+            self.metrics = cluster.Merged(self.config, self, figures, self._models, self._reasons)
+        stats = [p["server"] for p in parts]
+        server = {k: sum(s[k] for s in stats) for k in ("connections", "in_flight", "scheduled_timers")}
+        server.update(running=self.slots.running, waiting=len(self.slots.waiting),
+                      token_lateness=self.lateness.summary(), pid=os.getpid(),
+                      workers={"configured": count, "up": len(parts), "pids": sorted(p["pid"] for p in parts)})
+        self.server_stats = lambda: server
+        return self
