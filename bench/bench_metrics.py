@@ -55,7 +55,8 @@ def throughput(a) -> None:
         for script in ("chat", "sse"):
             off, on = statistics.median(rps[("off", script)]), statistics.median(rps[("on", script)])
             coff, con = statistics.median(cpu[("off", script)]), statistics.median(cpu[("on", script)])
-            print(f"{script:<5}: metrics off {off:9.0f} req/s {coff:7.1f} us/req, on {on:9.0f} req/s {con:7.1f} us/req; "
+            print(f"{script:<5}: metrics off {off:9.0f} req/s {coff:7.1f} us/req, "
+                  f"on {on:9.0f} req/s {con:7.1f} us/req; "
                   f"cost {100 * (1 - on / off):5.1f}% by req/s, {100 * (con / coff - 1):5.1f}% by CPU (target <= 5%)")
     finally:
         for s in servers.values():

@@ -72,15 +72,16 @@ def _serve(ns) -> int:
     from fakeai.server.serve import run
 
     cli = {k: v for k, v in vars(ns).items() if k in config_mod.OPTION_BY_NAME}
+    path = getattr(ns, "config", None)
     try:
-        cfg = config_mod.build(cli, getattr(ns, "config", None))
+        cfg = config_mod.build(cli, path)
     except config_mod.ConfigError as exc:
         sys.stderr.write(f"fakeai: {exc}\n")
         return 2
     if ns.print_config:
         print(json.dumps(config_mod.redacted(cfg), indent=2))
         return 0
-    return run(cfg, App)
+    return run(cfg, App, lambda: config_mod.build(cli, path))  # SIGHUP: the same sources, read again
 
 
 def main(argv=None) -> int:
@@ -168,7 +169,8 @@ def _pretty(m: dict) -> str:
                  f"p99 {_ms(s['ttft']['p99'])} ms; tokens/s per stream p50 {s['tokens_per_second']['p50'] or '-'}")
     kv = m.get("kv_cache")
     if kv:
-        lines.append(f"kv cache: hit rate {kv['hit_rate'] * 100:.1f}%, token reuse {kv['token_reuse_rate'] * 100:.1f}%, "
+        lines.append(f"kv cache: hit rate {kv['hit_rate'] * 100:.1f}%, "
+                     f"token reuse {kv['token_reuse_rate'] * 100:.1f}%, "
                      f"lookups {kv['total_lookups']}, usage {kv['usage_perc'] * 100:.1f}%")
     eng = m.get("engine")
     if eng:

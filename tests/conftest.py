@@ -31,7 +31,7 @@ class ServerProc:
         self.url = f"http://127.0.0.1:{self.port}"
         e = dict(os.environ)
         for k in list(e):
-            if k.startswith("FAKEAI_"):
+            if k.startswith("FAKEAI_") or k == "WEB_CONCURRENCY":
                 del e[k]
         if tiktoken and TIKTOKEN_DIR.is_dir():
             e["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_DIR)

@@ -18,8 +18,8 @@ PROMTOOL = shutil.which("promtool")
 LABELS = {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"}
 # dcgm-exporter's own naming, which promtool lints: camelCase labels (modelName, UUID), counters without _total,
 # DCGM_FI_DEV_PCIE_REPLAY_COUNTER's name
-DCGM_LINTS = ("label names should be written in 'snake_case' not 'camelCase'", 'counter metrics should have "_total" suffix',
-              "metric name should not include type 'counter'")
+DCGM_LINTS = ("label names should be written in 'snake_case' not 'camelCase'",
+              'counter metrics should have "_total" suffix', "metric name should not include type 'counter'")
 LONG = "The quick brown fox jumps over the lazy dog. " * 40  # ~400 tokens: eligible for the KV cache below
 
 
@@ -108,7 +108,8 @@ def test_values_follow_load():
             assert g["DCGM_FI_DEV_SM_CLOCK"] == PARTS["h100"].sm_clock_max
             assert g["DCGM_FI_PROF_DRAM_ACTIVE"] > 0 and g["DCGM_FI_PROF_SM_OCCUPANCY"] > 0
             # power and temperature rise towards their loaded values; energy only grows
-            assert later[i]["DCGM_FI_DEV_POWER_USAGE"] > g["DCGM_FI_DEV_POWER_USAGE"] > idle[i]["DCGM_FI_DEV_POWER_USAGE"]
+            power = "DCGM_FI_DEV_POWER_USAGE"
+            assert later[i][power] > g[power] > idle[i][power]
             assert later[i]["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"] > g["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"] \
                 >= idle[i]["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]
         assert later[0]["DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"] > 0  # two GPUs: tensor-parallel traffic

@@ -7,7 +7,9 @@ the shared text stream, then either build one JSON body (sent at once, or as
 a Deferred when its last token is due) or a TokenStream whose chunks are
 byte templates: `prefix(choice) + token JSON + suffix`, one token per content
 chunk, role in the first delta, finish_reason on the last, an optional
-usage chunk with `"choices": []`, then [DONE].
+usage chunk with `"choices": []`, then [DONE]. With the policy's refusals on,
+a refused prompt's choices are the refusal text (policy/safety.py), sent as
+both content and refusal.
 
 A reasoning model, or a request with tools, response_format, prediction,
 modalities/audio or reasoning_effort (one set test keeps the plain path

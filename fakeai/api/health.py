@@ -15,7 +15,6 @@ from fakeai.server.response import json_response
 
 def register(app):
     started_mono = time.monotonic()
-    summary = config_mod.summary(app.config)
 
     def health(req):
         slots = app.slots
@@ -28,7 +27,7 @@ def register(app):
             "tokenizer": app.tokenizer.describe(),
             "server": app.server_stats() if app.server_stats else None,
             "stats": app.metrics.brief(),
-            "config": summary,
+            "config": config_mod.summary(app.config),  # live: a SIGHUP reload changes it
         })
 
     app.router.add("GET", "/health", health)

@@ -29,7 +29,7 @@ import orjson
 
 from fakeai._speedups import load
 from fakeai.metrics.recorder import ABORTED, FAILED, OK
-from fakeai.server.response import Response, Stream
+from fakeai.server.response import Response, Stream, error_response
 
 _sched = load("scheduler")
 get_scheduler = _sched.get_scheduler
@@ -101,6 +101,15 @@ class _Job(Stream):
         self.cancelled = True
         self.conn = None
 
+    def _expire(self) -> bool:
+        """Shutdown's grace period is over: drop the pending timer; False if there is nobody to answer."""
+        if self.conn is None:
+            return False
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        return True
+
 
 class Deferred(_Job):
     """A whole response, written when its last token is due (a non-streaming completion)."""
@@ -141,6 +150,15 @@ class Deferred(_Job):
         if not first or not steps:
             return 0, 0, 0, 0, 0
         return first, first + (steps - 1) * itl, steps, steps - 1, itl
+
+    def expire(self, message):
+        """Answer 503 now instead of cutting the connection."""
+        if not self._expire():
+            return False
+        conn, self.conn = self.conn, None
+        self._leave(FAILED)
+        conn.deliver_later(self.req, error_response(503, message, "server_error", code="server_shutdown"))
+        return True
 
     def _fire(self, _arg, now):
         self.handle = None
@@ -342,6 +360,13 @@ class TokenStream(_Job):
         self._leave(FAILED)
         self.app.metrics.error(code)
         conn.stream_end(self.error_chunk(message, code) + self.done, 200)
+
+    def expire(self, message):
+        """End with an SSE error event (and [DONE]) instead of cutting the connection."""
+        if not self._expire():
+            return False
+        self._fail(message, "server_shutdown")
+        return True
 
     def _stream_timeout(self, _arg, now):
         self._fail(f"Stream timeout: the stream exceeded stream_timeout_seconds "

@@ -1,8 +1,12 @@
-"""The metrics layer: recording (recorder), Prometheus text (prometheus), simulated GPUs (dcgm), SQLite (persistence).
+"""The metrics layer: recording (recorder), Prometheus text (prometheus), simulated GPUs (dcgm), SQLite
+(persistence), several worker processes summed (cluster).
 
 `build(config, app)` returns what the app keeps as `app.metrics`: the recorder,
 with its persisted counters restored when persistence is on, or a NullMetrics
-when `metrics_enabled` is false (then nothing is recorded, persisted or logged).
+when `metrics_enabled` is false (then nothing is recorded, persisted or
+logged). With `workers` > 1 each process records its own figures and /metrics
+sums them (cluster.py); persistence is then refused at start-up
+(server/supervisor.py check, exit 2).
 """
 from __future__ import annotations
 

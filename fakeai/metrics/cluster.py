@@ -41,16 +41,19 @@ def dump(app, server_stats: dict) -> dict:
     out = {"pid": os.getpid(), "server": server_stats, "kv": app.kv.counters(), "policy": app.policy.counters(),
            "lateness": (list(late.counts), late.total, late.sum_us, late.max_us),
            "slots": (slots.running, len(slots.waiting), slots.free, slots.max_waiting)}
-    m = app.metrics
-    if m.enabled:
-        m.fold()
-        n = len(m.endpoints)
-        out["metrics"] = {
-            "state": m.state(), "started_ns": m.started_ns, "sec": m.ring.sec, "endpoints": list(m.endpoints),
+    if app.metrics.enabled:
+        out["metrics"] = figures(app.metrics)
+    return out
+
+
+def figures(m: Metrics) -> dict:
+    """A recorder's part of the dump: what Merged adds up."""
+    m.fold()
+    n = len(m.endpoints)
+    return {"state": m.state(), "started_ns": m.started_ns, "sec": m.ring.sec, "endpoints": list(m.endpoints),
             "models": list(m.models), "gauges": m.gauges(),
             "windows": {name: getattr(m, name)[:, :n] if name in BY_ENDPOINT else getattr(m, name)
                         for name in WINDOWS}}
-    return out
 
 
 class Merged(Metrics):
@@ -88,12 +91,13 @@ class Merged(Metrics):
         gap = self.ring.sec - p["sec"]
         stale = slice(None) if gap >= w else np.arange(p["sec"] + 1, self.ring.sec + 1) % w
         eps = np.array([self._ep_index[label] for label in p["endpoints"]], dtype=np.intp)
+        fills = {id(a): fill for a, fill in self.ring.arrays}
         for name, arr in p["windows"].items():
             mine = getattr(self, name)
             op = np.minimum if name.endswith("_min") else np.maximum if name.endswith("_max") else np.add
             if gap > 0:  # slots of seconds that worker had not reached yet hold data older than the window
                 arr = arr.copy()
-                arr[stale] = np.inf if op is np.minimum else -np.inf if op is np.maximum else 0
+                arr[stale] = fills[id(mine)]
             if name in BY_ENDPOINT:
                 mine[:, eps] = op(mine[:, eps], arr)
             else:

@@ -190,5 +190,6 @@ class GPUs:
     def json(self) -> dict:
         samples = self.sample()
         return {"timestamp": round(time.time(), 3), "gpu_model": self.part.name, "gpu_count": self.count,
-                "gpus": [{"gpu": i, "uuid": lab["UUID"], "model_name": lab["modelName"], "pci_bus_id": lab["pci_bus_id"],
-                          "fields": s} for i, (lab, s) in enumerate(zip(self.labels, samples))]}
+                "gpus": [{"gpu": i, "uuid": lab["UUID"], "model_name": lab["modelName"],
+                          "pci_bus_id": lab["pci_bus_id"], "fields": s}
+                         for i, (lab, s) in enumerate(zip(self.labels, samples))]}

@@ -21,7 +21,7 @@ Three event buffers:
 Cumulative state: requests and latency sums per endpoint (a route's template,
 `other` for unknown paths, so labels stay bounded), responses by status,
 errors by type, stream outcomes, and per model vLLM's counters and histograms
-with vLLM's own bucket boundaries (see BUCKETS). Windowed state over the last
+with vLLM's own bucket boundaries (TTFT_BUCKETS, ...). Windowed state over the last
 `metrics_window_size` seconds: a ring of per-second slots (slot = second mod
 W) holding per-endpoint latency, stream TTFT, per-stream tokens/s and token
 counts. The ring is advanced from the clock whenever it is folded or read
@@ -129,9 +129,8 @@ def error_kind(status: int) -> str | None:
 
 
 _MAX, _MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min  # empty min / max slots
-_ONES = np.ones(8192, dtype=np.int32)  # increments for the int32 counts (ufunc.at is slow when dtypes differ)
 _HTTP = struct.Struct("4q")  # endpoint, status, latency ns, time ns
-_REQ = struct.Struct("15q")  # see Metrics.end
+_REQ = struct.Struct("15q")  # see Metrics.leave
 _TOK = struct.Struct("5q")  # model, time ns, gap ns (-1: first write), tokens, prompt tokens (first write)
 
 
@@ -208,7 +207,6 @@ class Metrics:
         self._log_state: dict = {}
         self.window = config.metrics_window_size
         self.started_ns = _now()
-        self.started_wall = time.time()
         # event buffers
         self._hbuf = bytearray(_HTTP.size * self.HTTP_CAP)
         self._hoff = 0
@@ -460,7 +458,7 @@ class Metrics:
     def _window_stats(self, counts, sums, lo, hi, bounds, flat, v) -> None:
         """Add values v at flat (slot[, key]) positions to a windowed histogram and its sum, min and max
         (arrays of v's dtype; counts int64, or int32 for the per-endpoint latency)."""
-        one = _ONES[:len(v)] if counts.dtype == np.int32 else 1
+        one = np.ones(len(v), dtype=np.int32) if counts.dtype == np.int32 else 1  # ufunc.at is slow across dtypes
         np.add.at(counts.reshape(-1), flat * counts.shape[-1] + np.searchsorted(bounds, v), one)
         np.add.at(sums.reshape(-1), flat, v)
         np.minimum.at(lo.reshape(-1), flat, v)
@@ -648,7 +646,8 @@ class Metrics:
         app = self.app
         if app is not None:
             kv = app.kv.counters()
-            out["kv_cache"] = {"hit_rate": round(kv["hit_rate"], 6), "token_reuse_rate": round(kv["token_reuse_rate"], 6),
+            out["kv_cache"] = {"hit_rate": round(kv["hit_rate"], 6),
+                               "token_reuse_rate": round(kv["token_reuse_rate"], 6),
                                "avg_prefix_length": round(kv["avg_prefix_length"], 2), "total_lookups": kv["lookups"],
                                "cache_hits": kv["lookup_hits"], "query_tokens": kv["query_tokens"],
                                "cached_tokens": kv["hit_tokens"], "usage_perc": round(kv["usage_perc"], 6)}

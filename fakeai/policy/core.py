@@ -60,51 +60,56 @@ def path_kind(path: str) -> int:
 class Ticket:
     """One request's rate-limit charge and injected mid-stream failure."""
 
-    __slots__ = ("policy", "bucket", "at", "charged", "prompt", "lens", "fault")
+    __slots__ = ("limiter", "bucket", "at", "charged", "prompt", "lens", "fault")
 
-    def __init__(self, policy, bucket, at: int = 0):
-        self.policy = policy
+    def __init__(self, limiter, bucket, at: int = 0):
+        self.limiter = limiter
         self.bucket = bucket
         self.at = at  # where this request's x-ratelimit-* headers start in req.out_headers
         self.charged = 0
         self.prompt = 0
         self.lens = ()
-        self.fault = None  # (k tokens, ApiError) for a streaming request
+        self.fault = None  # (k tokens, ApiError, type) for a streaming request
 
     def charge(self, req, model: str, prompt_tokens: int, body, choices) -> None:
         """Take prompt tokens + the completion the request may produce (max_tokens per choice, else the plan)."""
-        limiter = self.policy.limiter
-        if self.bucket is None or limiter is None:
+        bucket = self.bucket
+        if bucket is None:
             return
         cap = body.get("max_completion_tokens")
         if cap is None:
             cap = body.get("max_tokens")
         lens = [len(pieces) for _, pieces, _ in choices]
         estimate = prompt_tokens + (int(cap) * len(lens) if cap is not None else sum(lens))
-        limiter.take_tokens(self.bucket, estimate, model, _now())
+        limiter = self.limiter
+        limiter.take_tokens(bucket, estimate, model, _now())
         self.charged, self.prompt, self.lens = estimate, prompt_tokens, lens
-        out = req.out_headers
-        out[self.at + 3], out[self.at + 5] = limiter.token_headers(self.bucket)
+        out, at = req.out_headers, self.at
+        out[at + 3], out[at + 5] = limiter.token_headers(bucket)
 
     def settle(self, steps: int) -> None:
         """The response ended after `steps` token steps: give back what the estimate over-charged."""
         bucket, self.bucket = self.bucket, None
-        limiter = self.policy.limiter
-        if bucket is None or limiter is None or not self.charged:
+        if bucket is None or not self.charged:
             return
         lens = self.lens
         used = self.prompt + (min(steps, lens[0]) if len(lens) == 1 else sum(min(steps, n) for n in lens))
         if used < self.charged:
-            limiter.give_back(bucket, self.charged - used)
+            self.limiter.give_back(bucket, self.charged - used)
 
     def attach(self, stream) -> None:
         """A TokenStream for this request: an injected mid-stream failure ends it after k tokens."""
         if self.fault is None:
             return
-        after, exc = self.fault
+        after, exc, kind = self.fault
         event = faults.sse_event(exc)
+        count = stream.app.metrics.error  # an error event after a 200 head: the metrics' errors.by_type
+
+        def tail():
+            count(kind)
+            return [event]
         stream.steps = min(stream.steps, after)
-        stream.tail = lambda: [event]
+        stream.tail = tail
 
 
 class Policy:
@@ -192,10 +197,10 @@ class Policy:
         if limiter is not None:
             headers = limiter.headers(bucket)
             if req.out_headers is None:
-                req.policy = Ticket(self, bucket)
+                req.policy = Ticket(limiter, bucket)
                 req.out_headers = headers
             else:
-                req.policy = Ticket(self, bucket, len(req.out_headers))
+                req.policy = Ticket(limiter, bucket, len(req.out_headers))
                 req.out_headers = req.out_headers + headers
         if self.validation or self.detection:
             self._inspect(req)
@@ -257,8 +262,8 @@ class Policy:
         k = int(after) if after is not None and after.strip().isdigit() else (self.mid_stream_tokens or None)
         if k is not None and body.get("stream") is True:
             if req.policy is None:
-                req.policy = Ticket(self, None)
-            req.policy.fault = (k, exc)
+                req.policy = Ticket(None, None)
+            req.policy.fault = (k, exc, kind)
             return None
         raise exc
 

@@ -135,23 +135,33 @@ _SUSPECT = re.compile(r"""[\s'";&|`$<>\\%=#(]""")
 _SUSPECT_WORDS = ("..", "/etc/", "file:", "script:", "xp_", "information_schema", "select")
 
 
-_MEMO_MAX, _MEMO_TEXT = 4096, 1024  # entries; longest text memoized (so at most ~4 MB)
-_memo: dict[tuple, str | None] = {}
-_MISS = object()
+class Memo(dict):
+    """A bounded memo: emptied when full; keys longer than `longest` are not kept (so ~entries x longest
+    bytes at most)."""
+
+    def __init__(self, entries: int, longest: int):
+        super().__init__()
+        self.entries = entries
+        self.longest = longest
+
+    def keep(self, key, value):
+        if len(key) <= self.longest:
+            if len(self) >= self.entries:
+                self.clear()
+            self[key] = value
+        return value
+
+
+MISS = object()
 
 
 def _memoized(fn):
     """Identifiers (model ids, user ids) and prompts (system prompts, benchmarks) repeat: remember results."""
+    memo = Memo(4096, 1024)
+
     def wrapper(value: str):
-        key = (fn, value)
-        found = _memo.get(key, _MISS)
-        if found is _MISS:
-            found = fn(value)
-            if len(value) <= _MEMO_TEXT:
-                if len(_memo) >= _MEMO_MAX:
-                    _memo.clear()
-                _memo[key] = found
-        return found
+        found = memo.get(value, MISS)
+        return memo.keep(value, fn(value)) if found is MISS else found
     wrapper.__doc__ = fn.__doc__
     return wrapper
 

@@ -13,7 +13,8 @@ injection and jailbreak phrasings; text the application wrote (system, developer
 messages) is not, since a system prompt that says "never reveal your system prompt" is not an
 attack. Every other string (model, user, names, metadata, image URLs) is an identifier and is
 checked for SQL / shell / path traversal / markup payloads, and so are the URL path and the
-decoded query values. Tool schemas, response formats and base64 data are not scanned.
+decoded query values. Tool schemas, response formats and base64 data are not scanned. Verdicts are
+memoized per string and per body (bounded), so repeated prompts and identifiers cost a lookup.
 
 Abuse: per client IP, auth failures, blocked and malformed requests count as violations;
 `abuse_threshold` of them ban the IP (403 with retry-after) for `abuse_ban_seconds`, doubling
@@ -39,6 +40,7 @@ _SKIP_KEYS = frozenset(("tools", "functions", "response_format", "tool_choice", 
                         "function_call", "data", "audio", "json_schema", "file_data", "b64_json"))
 _AUTHORED = frozenset(("system", "developer", "assistant"))
 _MAX_BAN_NS = 86_400 * 10 ** 9
+_body_memo = patterns.Memo(1024, 8192)  # a repeated body (a load generator's prompts) is scanned once
 
 
 def _find(obj, path: str, bad):
@@ -148,7 +150,9 @@ def detect(req, data):
             if kind:
                 return kind, "query"
     if type(data) in (dict, list):
-        found = _scan(data, False, False)
+        found = _body_memo.get(req.body, patterns.MISS)
+        if found is patterns.MISS:
+            found = _body_memo.keep(req.body, _scan(data, False, False))
         if found:
             return found[0], _path(found[1])
     return None

@@ -114,3 +114,8 @@ class Stream(abc.ABC):
     def drain(self) -> None:
         """The server is shutting down: a stream that never ends by itself (an event feed) ends now;
         a response with an end (a completion) keeps going until shutdown_timeout."""
+
+    def expire(self, message: str) -> bool:
+        """shutdown_timeout is over: end now in a way the client can read (an SSE error event, an error
+        response) and return True; False (this default): the server cancels it and cuts the connection."""
+        return False

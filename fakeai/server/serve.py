@@ -143,12 +143,17 @@ class Server:
         await asyncio.sleep(0)  # the last bytes leave before the loop closes
 
 
-def new_loop():
+def loop_module():
+    """uvloop when installed, else asyncio."""
     try:
         import uvloop
-        return uvloop.new_event_loop()
+        return uvloop
     except ImportError:
-        return asyncio.new_event_loop()
+        return asyncio
+
+
+def new_loop():
+    return loop_module().new_event_loop()
 
 
 def run(cfg, app_factory, rebuild) -> int:
@@ -245,7 +250,7 @@ def serve(cfg, app, socks, tls, notifier, rebuild, worker=None) -> int:
 
 def banner(cfg, app, urls, workers: int) -> str:
     """The start-up line: where, what runs, and the settings people check first."""
-    loop_name = "uvloop" if "uvloop" in sys.modules else "asyncio"
+    loop_name = loop_module().__name__
     compiled = ", ".join(f"{k}={v}" for k, v in speedups_active().items())
     kv = (f"on ({cfg.kv_cache_num_workers} x {cfg.kv_cache_capacity_blocks} blocks of {cfg.kv_cache_block_size})"
           if cfg.kv_cache_enabled else "off")

@@ -47,6 +47,7 @@ class Worker:
         self.channel = channel  # the socketpair end (also the notifier's socket)
         self.server = None
         self.view = None
+        self.publisher = None  # the figures socket's asyncio Server (kept: a collected one stops listening)
 
     def start(self, loop, server, drain, reload) -> None:
         """Called by serve() before the loop runs: commands, the figures socket, the whole-server routes."""
@@ -72,7 +73,7 @@ class Worker:
         path = peer_path(self.rundir, self.index)
         if os.path.exists(path):
             os.unlink(path)  # this worker's predecessor's
-        loop.run_until_complete(loop.create_unix_server(lambda: _Publish(self), path))
+        self.publisher = loop.run_until_complete(loop.create_unix_server(lambda: _Publish(self), path))
         self.view = View(app)
         for route in ROUTES:
             app.router.add("GET", route, self.answer)
@@ -95,8 +96,9 @@ class Worker:
             finally:
                 writer.close()
             return pickle.loads(data)
-        except (OSError, asyncio.TimeoutError, pickle.UnpicklingError, EOFError):
-            return None  # down, restarting or stuck: not counted
+        except (OSError, asyncio.TimeoutError, pickle.UnpicklingError, EOFError) as exc:
+            log.debug("no figures from %s: %r", path, exc)  # down, restarting or stuck: not counted
+            return None
 
 
 class _Publish(asyncio.Protocol):

@@ -1,0 +1,549 @@
+"""Operations end to end: real processes, real signals, real sockets.
+
+SIGTERM / SIGINT drain (a stream in flight completes), a second signal, the
+grace period ending with a clean close; SIGHUP reload (ITL, API keys, log
+file, an invalid file kept); --workers (several pids, a killed worker comes
+back, /health and /metrics for the whole server); --reuse-port, --uds, --fd;
+TLS (HTTPS and WSS, certificate reloaded on SIGHUP); bad start-up input; the
+cluster merge of the recorder (unit). No timing assertions: waits are
+bounded polls.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerProc, free_port, read_until_close
+from processes import Proc, get_json, health_ok, run_fail, wait_for
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}], "ignore_eos": True}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def stream_events(client: httpx.Client, url: str, body: dict, on_first=None, headers=None) -> list:
+    """POST a streaming chat; -> the parsed data events ('[DONE]' as a string); on_first() after the first."""
+    out = []
+    with client.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+            if len(out) == 1 and on_first is not None:
+                on_first()
+    return out
+
+
+def content_chunks(events) -> int:
+    return sum(1 for e in events if isinstance(e, dict) and e.get("choices") and e["choices"][0]["delta"].get("content"))
+
+
+def clean_log(log: str) -> bool:
+    return "Traceback" not in log and "unhandled error" not in log
+
+
+# --------------------------------------------------------------------------- SIGTERM / SIGINT
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_a_stream_in_flight(sig):
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "20", "--itl-variance-pct", "0", "--shutdown-timeout", "30")
+    idle = socket.create_connection(("127.0.0.1", s.port), timeout=10)  # an idle keep-alive connection
+    idle.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    refused = {}
+
+    def signal_now():
+        s.proc.send_signal(sig)
+        wait_for(lambda: b"" == idle.recv(65536), 10)  # the idle connection is closed at once
+
+        def no_listener():
+            try:
+                socket.create_connection(("127.0.0.1", s.port), timeout=1).close()
+                return False
+            except ConnectionRefusedError:
+                refused["yes"] = True
+                return True
+        wait_for(no_listener, 10)
+
+    with httpx.Client(timeout=30) as c:
+        events = stream_events(c, s.url, {**CHAT, "max_tokens": 100}, signal_now)  # ~2 s of tokens
+    assert events[-1] == "[DONE]"
+    assert content_chunks(events) == 100
+    assert refused
+    assert s.proc.wait(20) == 0
+    s.stop()
+    assert clean_log(s.log()), s.log()
+    assert "draining" in s.log()
+
+
+def test_second_signal_exits_at_once():
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "200", "--shutdown-timeout", "60")
+    with httpx.Client(timeout=30) as c:
+        def twice():
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            s.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):  # 100 tokens would take 20 s: the connection is cut
+            stream_events(c, s.url, {**CHAT, "max_tokens": 100}, twice)
+    assert s.proc.wait(10) == 0
+    s.stop()
+    assert "second signal" in s.log()
+
+
+def test_grace_period_over_ends_streams_with_an_error_event_and_waits_with_503():
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "100", "--shutdown-timeout", "0.5")
+    slow = {}
+
+    def later():  # a non-streaming request that would take 10 s, then the signal
+        slow["sock"] = socket.create_connection(("127.0.0.1", s.port), timeout=20)
+        body = json.dumps({**CHAT, "max_tokens": 100}).encode()
+        slow["sock"].sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        time.sleep(0.3)
+        s.proc.send_signal(signal.SIGTERM)
+
+    with httpx.Client(timeout=30) as c:
+        events = stream_events(c, s.url, {**CHAT, "max_tokens": 100}, later)
+    assert events[-1] == "[DONE]"
+    err = events[-2]["error"]
+    assert err["code"] == "server_shutdown" and "shutdown_timeout" in err["message"]
+    assert content_chunks(events) < 100
+    raw = read_until_close(slow["sock"])
+    assert raw.startswith(b"HTTP/1.1 503"), raw[:200]
+    assert json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "server_shutdown"
+    assert s.proc.wait(20) == 0
+    s.stop()
+    assert clean_log(s.log()), s.log()
+
+
+# --------------------------------------------------------------------------- SIGHUP
+
+def write_toml(path: Path, **values):
+    lines = []
+    for k, v in values.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def itl_targets_us(client, url) -> list[int]:
+    """The gaps between token deadlines of a streamed answer (the timing record: no wall clock involved)."""
+    events = stream_events(client, url, {**CHAT, "max_tokens": 5}, headers={"X-Fakeai-Timing": "1"})
+    timing = next(e["fakeai_timing"] for e in events if isinstance(e, dict) and "fakeai_timing" in e)
+    t = timing["target_us"]
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def test_sighup_changes_latency_live_and_keeps_connections(tmp_path):
+    cfg = tmp_path / "fakeai.toml"
+    write_toml(cfg, itl_ms=1, ttft_ms=0)
+    s = ServerProc("--config", str(cfg), "--itl-variance-pct", "0", "--ttft-variance-pct", "0")
+    try:
+        with httpx.Client(timeout=30) as c:
+            assert set(itl_targets_us(c, s.url)) == {1000}
+            # a connection open across the reload, and a stream in flight
+            keep = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            write_toml(cfg, itl_ms=30, ttft_ms=0)
+            events = stream_events(c, s.url, {**CHAT, "max_tokens": 20},
+                                   lambda: s.proc.send_signal(signal.SIGHUP))
+            assert events[-1] == "[DONE]" and content_chunks(events) == 20
+            wait_for(lambda: get_json(s.url + "/health")["config"]["itl_ms"] == 30, 10, s.log)
+            assert set(itl_targets_us(c, s.url)) == {30000}
+            keep.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert keep.recv(65536).startswith(b"HTTP/1.1 200")
+            keep.close()
+            # an invalid file: logged, the running configuration kept
+            cfg.write_text("itl_ms = -5\n")
+            s.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload failed" in s.log(), 10, s.log)
+            assert "itl_ms" in s.log().split("reload failed")[1]
+            cfg.write_text("itl_ms = [broken\n")
+            s.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: s.log().count("reload failed") == 2, 10, s.log)
+            assert set(itl_targets_us(c, s.url)) == {30000}
+            # an option that needs a restart is named, not applied
+            write_toml(cfg, itl_ms=30, ttft_ms=0, kv_cache_block_size=32)
+            s.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "kv_cache_block_size changed but needs a restart" in s.log(), 10, s.log)
+            assert get_json(s.url + "/health")["config"]["kv_cache_block_size"] == 16
+    finally:
+        assert s.stop() == 0
+    assert clean_log(s.log()), s.log()
+
+
+def test_sighup_reloads_api_keys(tmp_path):
+    cfg = tmp_path / "fakeai.yaml"
+    cfg.write_text("require_api_key: true\napi_keys: [key-one]\nttft_ms: 0\nitl_ms: 0\n")
+    s = ServerProc("--config", str(cfg))
+    try:
+        def status(key):
+            return httpx.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code
+        assert (status("key-one"), status("key-two")) == (200, 401)
+        cfg.write_text("require_api_key: true\napi_keys: [key-two]\nttft_ms: 0\nitl_ms: 0\n")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: status("key-two") == 200, 10, s.log)
+        assert status("key-one") == 401
+        cfg.write_text("require_api_key: true\napi_keys: ['@/nonexistent/keys.txt']\n")  # unreadable: refused
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in s.log(), 10, s.log)
+        assert status("key-two") == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_sighup_reopens_the_log_file_and_json_access_log(tmp_path):
+    log_file = tmp_path / "fakeai.log"
+    s = ServerProc("--log-file", str(log_file), "--log-format", "json", "--ttft-ms", "0", "--itl-ms", "0")
+    try:
+        httpx.get(s.url + "/v1/models", timeout=5)
+        wait_for(lambda: '"/v1/models"' in log_file.read_text(), 10)
+        rotated = tmp_path / "fakeai.log.1"
+        log_file.rename(rotated)  # logrotate, then its postrotate: SIGHUP
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(log_file.exists, 10)
+        httpx.get(s.url + "/v1/files", timeout=5)
+        wait_for(lambda: '"/v1/files"' in log_file.read_text(), 10)
+        assert '"/v1/files"' not in rotated.read_text()
+        lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+        access = [x for x in lines if x["logger"] == "fakeai.access"]
+        assert access and {"client", "method", "path", "status", "bytes", "ms", "request_id"} <= set(access[0])
+        first = [json.loads(line) for line in rotated.read_text().splitlines()]
+        banner = next(x["msg"] for x in first if "serving http://" in x["msg"])
+        for setting in ("ttft 0 ms", "itl 0 ms", "max_num_seqs 256", "api keys not required", "shutdown_timeout 10 s",
+                        "workers 1", str(log_file)):
+            assert setting in banner, banner
+    finally:
+        assert s.stop() == 0
+    assert s.log() == ""  # everything went to the file
+
+
+# --------------------------------------------------------------------------- workers
+
+def pids_seen(url, n=60) -> set[int]:
+    out = set()
+    for _ in range(n):  # a fresh connection each time: SO_REUSEPORT spreads them by their addresses
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            out.add(json.loads(r.read())["server"]["pid"])
+    return out
+
+
+def test_workers_share_a_port_aggregate_and_come_back():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log")
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        h = get_json(s.url + "/health")
+        workers = h["server"]["workers"]
+        assert workers["configured"] == 2 and len(workers["pids"]) == 2 and s.proc.pid not in workers["pids"]
+        assert pids_seen(s.url) == set(workers["pids"])
+        for _ in range(20):
+            body = json.dumps({**CHAT, "max_tokens": 3}).encode()
+            req = urllib.request.Request(s.url + "/v1/chat/completions", body, {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert json.loads(r.read())["usage"]["completion_tokens"] == 3
+        m = get_json(s.url + "/metrics")
+        assert m["requests"]["/v1/chat/completions"]["count"] == 20
+        assert m["engine"]["models"]["gpt-4o-mini"]["generation_tokens"] == 60
+        assert m["requests"]["/v1/chat/completions"]["p50"] is not None
+        text = httpx.get(s.url + "/metrics/prometheus", timeout=5).text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        ok = sum(x.value for x in fams["vllm:request_success"].samples if x.labels["model_name"] == "gpt-4o-mini")
+        assert ok == 20
+        # a worker killed: another takes its place, the server answers throughout
+        victim = workers["pids"][0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: (lambda w: w["up"] == 2 and victim not in w["pids"])(
+            get_json(s.url + "/health")["server"]["workers"]), 30, s.log)
+        assert "restarting in" in s.log()
+    finally:
+        assert s.stop() == 0
+    assert clean_log(s.log()), s.log()
+
+
+def test_workers_drain_and_reload(tmp_path):
+    cfg = tmp_path / "fakeai.toml"
+    write_toml(cfg, itl_ms=20, ttft_ms=0, workers=2)
+    s = ServerProc("--config", str(cfg), "--itl-variance-pct", "0", "--shutdown-timeout", "30")
+    wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+    write_toml(cfg, itl_ms=7, ttft_ms=0, workers=2)
+    s.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: s.log().count("reloaded (itl_ms)") == 3, 10, s.log)  # the supervisor and both workers
+    assert all(get_json(s.url + "/health")["config"]["itl_ms"] == 7 for _ in range(10))
+    with httpx.Client(timeout=30) as c:
+        assert set(itl_targets_us(c, s.url)) == {7000}
+        events = stream_events(c, s.url, {**CHAT, "max_tokens": 100},
+                               lambda: s.proc.send_signal(signal.SIGTERM))
+    assert events[-1] == "[DONE]" and content_chunks(events) == 100
+    assert s.proc.wait(30) == 0
+    s.stop()
+    assert clean_log(s.log()), s.log()
+
+
+def test_workers_refuse_state_they_cannot_share(tmp_path):
+    r = run_fail("--workers", "2", "--files-dir", str(tmp_path))
+    assert r.returncode == 2 and "files_dir needs workers = 1" in r.stderr
+    r = run_fail("--workers", "0")
+    assert r.returncode == 2 and "workers" in r.stderr
+    r = run_fail("--port", str(free_port()), env={"WEB_CONCURRENCY": "lots"})
+    assert r.returncode == 2 and "lots" in r.stderr
+
+
+def test_web_concurrency_sets_workers():
+    s = ServerProc("--ttft-ms", "0", env={"WEB_CONCURRENCY": "2"})
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["configured"] == 2, 20, s.log)
+    finally:
+        assert s.stop() == 0
+
+
+# --------------------------------------------------------------------------- sockets
+
+def test_reuse_port_lets_independent_processes_share_a_port():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["--host", "127.0.0.1", "--port", str(port), "--reuse-port", "--ttft-ms", "0", "--no-access-log"]
+    a = Proc(args, health_ok(url))
+    b = None
+    try:
+        r = run_fail("--host", "127.0.0.1", "--port", str(port))  # without the option: the port is taken
+        assert r.returncode == 1 and "cannot bind" in r.stderr + r.stdout
+        b = Proc(args, lambda: len(pids_seen(url, 10)) == 2)
+        assert pids_seen(url) == {a.proc.pid, b.proc.pid}
+    finally:
+        assert a.stop() == 0
+        if b is not None:
+            assert b.stop() == 0
+
+
+def unix_get(path: str, target: str = "/health") -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:
+        u.settimeout(10)
+        u.connect(path)
+        u.sendall(f"GET {target} HTTP/1.1\r\nhost: fakeai\r\nconnection: close\r\n\r\n".encode())
+        return read_until_close(u)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_uds(tmp_path, workers):
+    path = str(tmp_path / "fakeai.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # a socket file nobody accepts on: replaced
+    stale.close()
+    p = Proc(["--uds", path, "--workers", workers, "--ttft-ms", "0"],
+             lambda: unix_get(path).startswith(b"HTTP/1.1 200"))
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=10) as c:
+            r = c.post("http://fakeai/v1/chat/completions", json={**CHAT, "max_tokens": 4})
+            assert r.json()["usage"]["completion_tokens"] == 4
+            if workers == "2":
+                wait_for(lambda: c.get("http://fakeai/health").json()["server"]["workers"]["up"] == 2, 20, p.log)
+        assert "http+unix://" + path in p.log()
+    finally:
+        assert p.stop() == 0
+    assert not os.path.exists(path)
+    assert clean_log(p.log()), p.log()
+
+
+def test_fd_serves_an_inherited_socket():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    p = Proc(["--fd", str(sock.fileno()), "--ttft-ms", "0"], health_ok(url), pass_fds=(sock.fileno(),))
+    sock.close()  # the server holds it now
+    try:
+        assert httpx.get(url + "/v1/models", timeout=5).status_code == 200
+    finally:
+        assert p.stop() == 0
+
+
+def test_start_up_refuses_unusable_sockets(tmp_path):
+    r = run_fail("--fd", "987")
+    assert r.returncode == 1 and "fd 987 is not open" in r.stderr + r.stdout
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("x")
+    r = run_fail("--uds", str(regular))
+    assert r.returncode == 1 and "is not a socket" in r.stderr + r.stdout
+    r = run_fail("--port", str(free_port()), "--ssl-certfile", str(regular))
+    assert r.returncode == 1 and "cannot load TLS certificate" in r.stderr + r.stdout
+    r = run_fail("--port", str(free_port()), "--ssl-keyfile", str(regular))
+    assert r.returncode == 1 and "ssl_keyfile is set without ssl_certfile" in r.stderr + r.stdout
+    r = run_fail("--port", str(free_port()), "--log-file", str(tmp_path / "no" / "such" / "dir.log"))
+    assert r.returncode == 1 and "cannot open log file" in r.stderr
+
+
+# --------------------------------------------------------------------------- TLS
+
+def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cryptography, else the openssl CLI, else skip)."""
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        import shutil
+        if not shutil.which("openssl"):
+            pytest.skip("neither the cryptography package nor the openssl CLI")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-keyout", str(key), "-out", str(cert), "-days", "1", "-nodes", "-subj", f"/CN={name}",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return cert, key
+    pk = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    c = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(pk.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+         .sign(pk, hashes.SHA256()))
+    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return cert, key
+
+
+def peer_cn(port: int, ca: Path) -> str:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return dict(x[0] for x in tls.getpeercert()["subject"])["commonName"]
+
+
+def test_tls_https_wss_and_certificate_reload(tmp_path):
+    import openai
+    import websocket
+
+    cert, key = make_cert(tmp_path, "first")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    p = Proc(["--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ttft-ms", "0",
+              "--itl-ms", "0"], health_ok(url, verify=trust))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
+                               http_client=httpx.Client(verify=trust))
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], max_tokens=5)
+        assert r.usage.completion_tokens == 5
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], max_tokens=5,
+                                                     stream=True))
+        assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) == 5
+        ws = websocket.create_connection(f"wss://127.0.0.1:{port}/metrics/streaming?interval=0.2",
+                                         sslopt={"ca_certs": str(cert)}, timeout=10)
+        assert json.loads(ws.recv())["type"] == "metrics"
+        ws.close()
+        assert "serving https://127.0.0.1" in p.log()
+        # plain HTTP on the TLS port: a clean close, no answer, the server goes on
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert b"HTTP/1.1 200" not in read_until_close(raw)
+        # a renewed certificate at the same paths: SIGHUP, and new handshakes get it
+        new_cert, new_key = make_cert(tmp_path, "second")
+        cert_bytes = new_cert.read_bytes()
+        key.write_bytes(new_key.read_bytes())
+        cert.write_bytes(cert_bytes)
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: peer_cn(port, new_cert) == "second", 10, p.log)
+        # a broken one: refused, the running one kept
+        cert.write_text("not a certificate")
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload failed" in p.log(), 10, p.log)
+        assert peer_cn(port, new_cert) == "second"
+    finally:
+        assert p.stop() == 0
+    assert clean_log(p.log()), p.log()
+
+
+# --------------------------------------------------------------------------- the cluster merge (unit)
+
+def _recorder(app, window=60):
+    from fakeai.config import build
+    from fakeai.metrics.recorder import Metrics
+
+    return Metrics(build({"metrics_window_size": window}, None, {}), app)
+
+
+def _req(path, ms):
+    from fakeai.metrics import recorder
+    return types.SimpleNamespace(path=path, t0_ns=recorder._now() - int(ms * 1e6))
+
+
+def test_merged_recorder_equals_one_that_saw_everything(monkeypatch):
+    from fakeai.engine.catalog import Catalog
+    from fakeai.metrics import cluster, recorder
+    from fakeai.server.router import Router
+
+    frozen = time.monotonic_ns()
+    monkeypatch.setattr(recorder, "_now", lambda: frozen)  # the same latencies in every recorder
+
+    router = Router()
+    for path in ("/v1/a", "/v1/b", "/v1/c"):
+        router.add("GET", path, lambda req: None)
+    app = types.SimpleNamespace(router=router, catalog=Catalog(), slots=None)
+    a, b, whole = _recorder(app), _recorder(app), _recorder(app)
+    events_a = [("/v1/a", 1, 200), ("/v1/a", 30, 200), ("/v1/b", 5, 404)]
+    events_b = [("/v1/c", 2, 200), ("/v1/b", 400, 200), ("/v1/b", 7, 500), ("/nowhere", 1, 404)]
+    for rec, events in ((a, events_a), (b, events_b)):
+        for path, ms, status in events:
+            req = _req(path, ms)
+            rec.response(req, status)
+            whole.response(req, status)
+    t0 = _req("", 3).t0_ns
+    for r, model in ((a, "m-one"), (b, "m-two"), (a, "m-two")):
+        r.instant(r.begin(model, 10, 0, 10, [(0, range(4), "length")], False), t0)
+        whole.instant(whole.begin(model, 10, 0, 10, [(0, range(4), "length")], False), t0)
+    merged = cluster.Merged(whole.config, app, [cluster.figures(a), cluster.figures(b)], [], [])
+    whole.fold()
+    assert set(merged.endpoints) == set(whole.endpoints)
+    mine, ref = merged.endpoint_stats(), whole.endpoint_stats()
+    for ep in ref:  # rates, counts, min, max, percentiles over the window: exactly the one recorder's
+        assert {k: v for k, v in mine[ep].items() if k != "rate"} == {k: v for k, v in ref[ep].items() if k != "rate"}
+    assert merged.statuses == whole.statuses and merged.errors == whole.errors
+    assert {m: s["requests"] for m, s in merged.model_stats().items()} == \
+        {m: s["requests"] for m, s in whole.model_stats().items()}
+    assert merged.brief()["requests_total"] == 7
+
+
+def test_every_window_of_the_recorder_is_merged():
+    from fakeai.metrics import cluster
+
+    rec = _recorder(None)
+    names = {n for n in dir(rec) if isinstance(getattr(rec, n, None), type(rec.w_req))}
+    ring = {id(arr) for arr, _ in rec.ring.arrays}
+    assert {n for n in names if id(getattr(rec, n)) in ring} == set(cluster.WINDOWS)
+
+
+def test_kv_and_lateness_sums():
+    from fakeai.engine.latency import Lateness
+    from fakeai.metrics import cluster
+
+    base = {"enabled": True, "prompt_caching": True, "block_size": 16, "num_workers": 4, "capacity_blocks": 100,
+            "cached_blocks": 10, "pinned_blocks": 5, "lookups": 4, "lookup_hits": 2, "query_tokens": 100,
+            "hit_tokens": 50, "usage_perc": 0.05, "hit_rate": 0.5, "token_reuse_rate": 0.5, "avg_prefix_length": 25}
+    other = {**base, "pinned_blocks": 15, "lookups": 6, "lookup_hits": 0, "query_tokens": 100, "hit_tokens": 0}
+    kv = cluster.KV([base, other]).counters()
+    assert (kv["capacity_blocks"], kv["usage_perc"], kv["hit_rate"], kv["token_reuse_rate"]) == (200, 0.1, 0.2, 0.25)
+    one, two = Lateness(), Lateness()
+    for us in (3, 40, 900):
+        one.add(us * 1000)
+    two.add(200_000_000)
+    both = cluster.lateness([(x.counts, x.total, x.sum_us, x.max_us) for x in (one, two)])
+    assert both.total == 4 and both.max_us == 200_000 and both.counts[-1] == 1
