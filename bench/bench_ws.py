@@ -195,8 +195,8 @@ def serve_echo(port):
         app.router.add_ws("/echo", lambda req, ws: Echo(ws))
         return app
 
-    cfg = config.build({"port": port, "access_log": False, "log_level": "warning"}, environ={})
-    return serve.run(cfg, factory)
+    cli = {"port": port, "access_log": False, "log_level": "warning"}
+    return serve.run(config.build(cli, environ={}), factory, lambda: config.build(cli, environ={}))
 
 
 def main():

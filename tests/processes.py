@@ -16,6 +16,15 @@ import httpx
 from conftest import ROOT, TIKTOKEN_DIR
 
 
+_ACTIVATE = """import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 def clean_env(extra=None) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("FAKEAI_", "LISTEN_", "NOTIFY_", "WATCHDOG_")) and k != "WEB_CONCURRENCY"}
@@ -28,13 +37,14 @@ def clean_env(extra=None) -> dict:
 class Proc:
     """A server started with exactly these arguments (no --host/--port added), ready when `ready()` is true."""
 
-    def __init__(self, args, ready, env=None, pass_fds=(), shell_prefix=None, name="ops"):
+    def __init__(self, args, ready, env=None, pass_fds=(), activate_fd=None, name="ops"):
         self.log_path = ROOT / ".pytest_cache" / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log_path.parent.mkdir(exist_ok=True)
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "fakeai", "server", *args]
-        if shell_prefix is not None:  # sh -c '<prefix> exec "$@"' sh cmd...
-            cmd = ["sh", "-c", shell_prefix + ' exec "$@"', "sh", *cmd]
+        if activate_fd is not None:  # as systemd does it: the socket on fd 3, LISTEN_PID = the server's pid
+            cmd = [sys.executable, "-c", _ACTIVATE, str(activate_fd), *cmd]
+            pass_fds = (*pass_fds, activate_fd)
         self.proc = subprocess.Popen(cmd, env=clean_env(env), stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=str(ROOT), pass_fds=pass_fds)
         wait_for(lambda: self.proc.poll() is not None or ready(), 30, self.log)

@@ -76,8 +76,10 @@ def msrv():
 
 # --------------------------------------------------------------------------- exact counts, end to end
 
-def test_exact_counts_after_known_sequence():
-    s = ServerProc("--ttft-ms", "0", "--itl-ms", "0", "--no-access-log")
+@pytest.mark.parametrize("twin", ["compiled", "pure"])
+def test_exact_counts_after_known_sequence(twin):
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "0", "--no-access-log",
+                   env={"FAKEAI_NO_EXTENSIONS": "1"} if twin == "pure" else None)
     try:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
         usages = []
@@ -506,8 +508,58 @@ def test_recorder_buffers_fold_when_full(rec):
         req = Req()
         req.t0_ns = clock.t
         m.response(req, 200)
-    assert m._hoff == 3 * 32  # two full buffers folded on the way
+    assert m._buf.pending() == (3, 0, 0)  # two full buffers folded on the way
     assert m.snapshot()["responses"] == {"200": R.Metrics.HTTP_CAP * 2 + 3}
+
+
+@pytest.mark.parametrize("twin", ["pure", "compiled"])
+def test_event_buffer_twins_write_the_same_rows(twin):
+    """Both twins of _speedups/metricsbuf, fed the same events with the same clock, hand over the same columns."""
+    from fakeai import _speedups
+    mod = getattr(_speedups, twin)("metricsbuf")
+    assert mod.PREFILLED == R._PREFILLED
+    clock = _Clock(5_000)
+    registered, folds = [], []
+    paths, models, reasons = {"/known": 0}, {"m0": 0}, {"stop": 0, "length": 1}
+
+    def new(d, name):
+        registered.append(name)
+        d[name] = len(d)
+        return d[name]
+
+    buf = mod.EventBuffers(4, 3, 2, paths, lambda p: new(paths, p), models, lambda m: new(models, m), reasons,
+                           lambda r: new(reasons, r), lambda: folds.append(buf.take()), clock)
+
+    class Req:
+        def __init__(self, path, t0):
+            self.path, self.t0_ns = path, t0
+
+    buf.response(Req("/known", 1_000), 200)
+    clock.t += 7
+    buf.response(Req("/new", 4_000), 404)
+    buf.response(None, 400)
+    tag = buf.begin("m1", 11, 3, 16, [(0, ["a"] * 5, "tool_calls")], True)
+    assert tag == (1, 2, True, 11, 5, 3, 16, None, 5)
+    multi = buf.begin("m0", 7, 0, 0, [(0, ["a"] * 4, "length"), (0, ["b"] * 2, "stop")], 0)
+    assert multi == (0, 1, False, 7, 6, 0, 0, (4, 2), 4)
+    assert buf.begin("m0", 1, 0, 0, None, False) == (0, 0, False, 1, 0, 0, 0, None, 0)
+    buf.instant(tag, 4_500)
+    buf.instant(None, 1)
+    buf.request(0, 2, 1 | 8, 7, 3, 0, 0, 100, 10, 20, 5, 30, 0, 0)
+    buf.tokens(multi, 9_000, -1, 0, 3)  # first write: carries the prompt
+    buf.tokens(multi, 9_100, 100, 3, 4)
+    buf.tokens(None, 1, 1, 1, 1)
+    assert buf.pending() == (0, 0, 0)  # the second write filled its buffer: everything was handed over
+    buf.response(Req("/known", 5_000), 200)
+    assert registered == ["/new", "m1", "tool_calls"] and buf.pending() == (1, 0, 0)
+    (http, requests, writes), = folds
+    assert http.T.tolist() == [[0, 200, 4_000, 5_000], [1, 404, 1_007, 5_007], [-1, 400, 0, 5_007]]
+    assert requests.T.tolist() == [[1, 2, 2, 11, 5, 3, 16, 5_007, 507, 0, 507, 507, 0, 4, 0],
+                                   [0, 2, 9, 7, 3, 0, 0, 5_007, 4_907, 10, 20, 5, 30, 0, 0]]
+    assert writes.tolist() == [[0, 0], [9_000, 9_100], [-1, 100], [5, 1], [7, 0]]  # tokens 3+2, then 1+0
+    http, requests, writes = buf.take()
+    assert http.T.tolist() == [[0, 200, 7, 5_007]] and requests.shape == (15, 0) and writes.shape == (5, 0)
+    assert buf.pending() == (0, 0, 0)
 
 
 def test_endpoint_labels_are_bounded(rec):

@@ -89,8 +89,27 @@ def test_signal_drains_a_stream_in_flight(sig):
     assert "draining" in s.log()
 
 
-def test_second_signal_exits_at_once():
-    s = ServerProc("--ttft-ms", "0", "--itl-ms", "200", "--shutdown-timeout", "60")
+def test_signal_closes_websockets_with_1012():
+    import websocket
+
+    s = ServerProc("--ttft-ms", "0")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{s.port}/metrics/streaming?interval=0.2", timeout=10)
+    assert json.loads(ws.recv())["type"] == "metrics"
+    s.proc.send_signal(signal.SIGTERM)
+    while True:  # snapshots may still arrive, then the close frame
+        opcode, frame = ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    assert int.from_bytes(frame.data[:2], "big") == 1012
+    ws.close()
+    assert s.proc.wait(20) == 0
+    s.stop()
+    assert clean_log(s.log()), s.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_second_signal_exits_at_once(workers):
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "200", "--shutdown-timeout", "60", "--workers", workers)
     with httpx.Client(timeout=30) as c:
         def twice():
             s.proc.send_signal(signal.SIGTERM)
@@ -271,6 +290,19 @@ def test_workers_share_a_port_aggregate_and_come_back():
     finally:
         assert s.stop() == 0
     assert clean_log(s.log()), s.log()
+
+
+def test_a_stuck_worker_is_replaced():
+    s = ServerProc("--workers", "2", "--worker-timeout", "1", "--ttft-ms", "0", "--no-access-log")
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        victim = get_json(s.url + "/health")["server"]["workers"]["pids"][0]
+        os.kill(victim, signal.SIGSTOP)  # its event loop stops: no heartbeat
+        wait_for(lambda: "silent for" in s.log(), 20, s.log)
+        wait_for(lambda: (lambda w: w["up"] == 2 and victim not in w["pids"])(
+            get_json(s.url + "/health")["server"]["workers"]), 30, s.log)
+    finally:
+        assert s.stop() == 0
 
 
 def test_workers_drain_and_reload(tmp_path):

@@ -94,6 +94,31 @@ def test_attacks_are_blocked(guarded):
     assert not missed, missed
 
 
+def test_input_validation_end_to_end(guarded):
+    with httpx.Client(base_url=guarded.url, timeout=30) as h:
+        def post(raw: bytes):
+            return h.post("/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"})
+        ok = post('{"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": '
+                  '"Caf\u00e9, na\u00efve, \u65e5\u672c\u8a9e, \ud83d\ude00, tab\t and newline\n"}]}'.encode())
+        assert ok.status_code == 200
+        ok = post('{"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": "Café 日本語 😀"}]}'
+                  .encode())
+        assert ok.status_code == 200
+        for raw, param, code in [
+            (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "a\\u0000b"}]}', "messages[0].content",
+             "invalid_value"),
+            (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "bell\\u0007"}]}',
+             "messages[0].content", "invalid_value"),
+            (b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "caf\xe9"}]}', "messages[0].content",
+             "invalid_encoding"),
+        ]:
+            r = post(raw)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+            assert r.json()["error"]["code"] == code
+        r = post(b'{"model": ')
+        assert r.status_code == 400 and "could not parse the JSON body" in r.json()["error"]["message"]
+
+
 def test_heldout_rates(guarded):
     """Prompts written after the patterns were final: the honest estimate. Ordinary ones must still pass."""
     with httpx.Client(base_url=guarded.url, timeout=30) as h:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -371,6 +372,27 @@ def test_memo_is_bounded():
         m.keep(k, 1)
     assert list(m) == ["d"]  # emptied when full
     assert m.keep("toolong", 2) == 2 and "toolong" not in m
+
+
+def test_config_file_sections(tmp_path):
+    f = tmp_path / "fakeai.json"
+    f.write_text(json.dumps({
+        "authentication": {"require_api_key": True, "api_keys": ["sk-key-1"], "hash_api_keys": True},
+        "rate_limiting": {"enabled": True, "tier": "tier-3", "rpm": 10000, "tpm": 1000000},
+        "security": {"enable_security": True},
+        "moderation": {"moderation_threshold": 0.7, "enable_refusals": True},
+        "error_injection": {"enabled": True, "rate": 0.05, "types": ["internal_error", "timeout"]},
+        "cors": {"allowed_origins": ["https://a.example"], "allow_credentials": False},
+    }))
+    c = config_mod.build(config_file=str(f), environ={})
+    assert (c.require_api_key, c.api_keys, c.hash_api_keys) == (True, ["sk-key-1"], True)
+    assert (c.rate_limit_enabled, c.rate_limit_tier, c.rate_limit_rpm, c.rate_limit_tpm) == (True, "tier-3", 10000,
+                                                                                              1000000)
+    assert c.enable_security and c.moderation_threshold == 0.7 and c.enable_refusals
+    assert (c.error_injection_enabled, c.error_injection_rate, c.error_injection_types) == (
+        True, 0.05, ["internal_error", "timeout"])
+    assert (c.cors_allowed_origins, c.cors_allow_credentials) == (["https://a.example"], False)
+    assert config_mod.redacted(c)["api_keys"] == "***"
 
 
 def test_bad_option_values_exit_before_binding():

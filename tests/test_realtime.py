@@ -563,7 +563,7 @@ def test_rate_limits_updated_reports_the_callers_bucket():
         send(ws, type="response.create", response={"max_output_tokens": 100})
         events = until(ws, "response.done")
         limits = {r["name"]: r for r in next(e for e in events if e["type"] == "rate_limits.updated")["rate_limits"]}
-        assert limits["requests"]["limit"] == 100 and limits["requests"]["remaining"] == 99  # the handshake
+        assert limits["requests"]["limit"] == 100 and limits["requests"]["remaining"] == 98  # handshake + response
         used = events[-1]["response"]["usage"]["input_tokens"] + 100  # charged: prompt + max_output_tokens
         assert limits["tokens"]["limit"] == 3000 and limits["tokens"]["remaining"] == 3000 - used
         assert limits["tokens"]["reset_seconds"] > 0
@@ -598,3 +598,15 @@ def test_shutdown_closes_sessions_with_1012():
     t.join(20)
     assert code == [0]
     assert "Traceback" not in srv.log()
+
+
+def test_rate_limits_event_from_the_policy_headers():
+    from fakeai.api.realtime import rate_limits
+    headers = [(b"access-control-allow-origin", b"*"), (b"x-ratelimit-limit-requests", b"500"),
+               (b"x-ratelimit-limit-tokens", b"200000"), (b"x-ratelimit-remaining-requests", b"499"),
+               (b"x-ratelimit-remaining-tokens", b"199000"), (b"x-ratelimit-reset-requests", b"120ms"),
+               (b"x-ratelimit-reset-tokens", b"1h2m3.5s")]
+    assert rate_limits(headers) == [
+        {"name": "requests", "limit": 500, "remaining": 499, "reset_seconds": 0.12},
+        {"name": "tokens", "limit": 200000, "remaining": 199000, "reset_seconds": 3723.5}]
+    assert rate_limits(None) == [] and rate_limits([(b"vary", b"Origin")]) == []

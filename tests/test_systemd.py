@@ -35,7 +35,7 @@ class FakeSystemd:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind("\0" + path[1:] if path.startswith("@") else path)
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)
         self.got: list[tuple[int, dict]] = []
 
     def pump(self):
@@ -45,7 +45,7 @@ class FakeSystemd:
                 pid = next((struct.unpack("3i", d)[0] for level, kind, d in anc
                             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
                 self.got.append((pid, systemd.parse(data)))
-        except (socket.timeout, BlockingIOError):
+        except BlockingIOError:  # nothing more for now
             pass
 
     def seen(self, key, value=None, after=0) -> list[dict]:
@@ -116,8 +116,7 @@ def activated(workers: str):
     fd = sock.fileno()
     # the port given is ignored: the inherited socket is served
     p = Proc(["--port", str(free_port()), "--workers", workers, "--ttft-ms", "0"], health_ok(url),
-             env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}, pass_fds=(fd,),
-             shell_prefix=f"exec 3<&{fd} {fd}<&-; LISTEN_PID=$$")
+             env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"}, activate_fd=fd)
     sock.close()
     return p, url
 
@@ -130,7 +129,7 @@ def test_socket_activation(workers):
         assert r.json()["usage"]["completion_tokens"] == 3
         if workers == "2":
             wait_for(lambda: get_json(url + "/health")["server"]["workers"]["up"] == 2, 20, p.log)
-        assert f"serving {url}" in p.log() or f"serving {url}," in p.log()
+        assert f"serving {url}" in p.log()  # the inherited socket, not --port
     finally:
         assert p.stop() == 0
 

@@ -7,7 +7,6 @@ blocking clients: websocket-client, and raw sockets for what no client library s
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 import threading
@@ -20,6 +19,7 @@ import websocket
 
 from fakeai import config as config_mod
 from fakeai.engine.latency import Lateness, Slots
+from fakeai.metrics.recorder import NullMetrics
 from fakeai.policy.cors import Cors
 from fakeai.server.http import HttpProtocol
 from fakeai.server.response import ApiError
@@ -105,7 +105,7 @@ class Srv:
         router.add_ws("/produce", lambda req, ws: Producer(self, ws, 512))
         router.add_ws("/refuse", self._refuse)
         app = types.SimpleNamespace(router=router, config=self.cfg, slots=Slots(self.cfg, time.monotonic_ns),
-                                    lateness=Lateness(), server_stats=None,
+                                    lateness=Lateness(), server_stats=None, metrics=NullMetrics(),
                                     policy=types.SimpleNamespace(active=True, check=self._check,
                                                                  cors=Cors(self.cfg) if self.cfg.cors_allowed_origins
                                                                  else None))
@@ -469,7 +469,7 @@ def test_producer_pauses_on_buffered_and_resumes_on_drain(make_srv):
 def test_shutdown_sends_1012_and_waits_for_the_client(srv):
     raw = RawWS(srv.port)
     ws = websocket.create_connection(srv.url + "/ws")
-    done = asyncio.run_coroutine_threadsafe(srv.server.shutdown(srv.listener), srv.loop)
+    done = asyncio.run_coroutine_threadsafe(srv.server.shutdown([srv.listener]), srv.loop)
     assert raw.recv_close() == (1012, "service restart")
     raw.send(close_frame(1012))
     assert raw.at_eof()

@@ -9,7 +9,7 @@ import importlib
 import os
 
 NO_EXTENSIONS = bool(os.environ.get("FAKEAI_NO_EXTENSIONS"))
-MODULES = ("httpparse", "scheduler", "kvcache")
+MODULES = ("httpparse", "scheduler", "kvcache", "metricsbuf")
 
 
 def pure(name):

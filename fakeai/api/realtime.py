@@ -37,10 +37,10 @@ required always calls one, a named function that one) with arguments valid again
 tool's schema, streamed as the tokens of their JSON. Each response is one engine
 request, admitted as chat's are (api/common.py admit_check, engine/generation.py _Job): a
 running slot (max_num_seqs; the waiting queue; an error event when that is full), the
-metrics layer's counters, and with rate limits on (fakeai/policy) its tokens charged to
-the bucket the handshake was counted in (given back when it ends short);
-rate_limits.updated reports that bucket (an empty list when the server enforces no
-limits). Its latency plan (TTFT, ITL, jitter, profiles, load) paces its steps on the
+metrics layer's counters, and the policy layer's check as a request of its own (with
+the handshake's headers: auth, one request unit, then its tokens charged and what it
+did not use given back when it ends); rate_limits.updated reports the caller's
+x-ratelimit-* figures after that charge (an empty list when rate limits are off). Its latency plan (TTFT, ITL, jitter, profiles, load) paces its steps on the
 loop's token scheduler as SSE streams do: step i is due at first + i*itl (jitter per step, never accumulating),
 steps already due leave in one write, each step's lateness is recorded. A step is one
 token: a text delta, or a transcript delta plus that token's audio (real PCM16 / G.711
@@ -55,6 +55,7 @@ import base64
 import binascii
 import os
 import random
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -68,7 +69,6 @@ from fakeai.engine import rtaudio as A
 from fakeai.engine import tools as T
 from fakeai.engine.generation import _Job, now_ns
 from fakeai.metrics.recorder import OK
-from fakeai.policy.core import Ticket
 from fakeai.server.response import ApiError
 from fakeai.server.router import Request
 
@@ -289,7 +289,6 @@ class Session:
         self.app = app
         self.ws = ws
         self.req = req
-        self.bucket = req.policy.bucket if req.policy is not None else None  # rate limits (fakeai/policy)
         self.model = model
         self.info = info
         self.beta_pinned = (b"realtime=v1" in (req.header(b"openai-beta") or b"")
@@ -708,16 +707,6 @@ class Session:
         self.reply = Reply(self, cfg, conversation == "auto", metadata, self.context_tokens(cfg))
         self.reply.begin()
 
-    def rate_limits(self) -> list:
-        limiter = self.app.policy.limiter
-        b = self.bucket
-        if limiter is None or b is None:
-            return []
-        return [{"name": "requests", "limit": limiter.rpm, "remaining": int(b.req),
-                 "reset_seconds": round((limiter.rpm - b.req) * 60 / limiter.rpm, 3)},
-                {"name": "tokens", "limit": limiter.tpm, "remaining": int(b.tok),
-                 "reset_seconds": round((limiter.tpm - b.tok) * 60 / limiter.tpm, 3)}]
-
     def tool_call(self, cfg: dict):
         """-> (Tool, user text) when this response calls a function, else None (engine/tools.py decides)."""
         if not cfg["tools"]:
@@ -731,6 +720,20 @@ class Session:
         tools = [T.function_tool(t, "tools") for t in cfg["tools"]]
         chosen = T.choose(tools, mode, user_text, False, random, name)
         return (chosen[0], user_text) if chosen else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def rate_limits(headers) -> list:
+    """rate_limits.updated from a request's x-ratelimit-* headers (fakeai/policy; none: no limits)."""
+    h = {k.decode(): v.decode() for k, v in headers or () if k.startswith(b"x-ratelimit-")}
+    return [{"name": name, "limit": int(h[f"x-ratelimit-limit-{name}"]),
+             "remaining": int(h[f"x-ratelimit-remaining-{name}"]),
+             "reset_seconds": round(sum(float(n) * _UNIT_S[u]
+                                        for n, u in _DURATION.findall(h[f"x-ratelimit-reset-{name}"])), 3)}
+            for name in ("requests", "tokens") if f"x-ratelimit-limit-{name}" in h]
 
 
 def audio_tokens(ms: int, output: bool = False) -> int:
@@ -794,12 +797,13 @@ class Reply(_Job):
             self.item = {"id": _id("item"), "object": "realtime.item", "type": "message", "status": "in_progress",
                          "role": "assistant", "content": []}
         self.incomplete = finish == "length"
-        # one engine request per response: the queue, the rate limits (fakeai/policy), the metrics
+        # one request per response, with the handshake's headers: the policy (auth, rate limits), the queue,
+        # the metrics
         handshake = session.req
-        self.req = Request("POST", handshake.path, "", [], b"", handshake.client, self.id, now_ns())
-        if session.bucket is not None:  # as Policy.check sets a request up: its ticket and x-ratelimit-* headers
-            self.req.policy = Ticket(app.policy, session.bucket)
-            self.req.out_headers = app.policy.limiter.headers(session.bucket)
+        self.req = Request("POST", handshake.path, handshake.query_string, handshake.headers, b"", handshake.client,
+                           self.id, now_ns())
+        if app.policy.active:
+            app.policy.check(self.req)
         cap = cfg["max_response_output_tokens"]
         self.plan = C.admit_check(app, self.req, {"max_tokens": None if cap == "inf" else cap, "stream": True},
                                   session.model, sum(tokens_in), choices=[(0, self.pieces, finish)])[0]
@@ -845,7 +849,7 @@ class Reply(_Job):
     def begin(self) -> None:
         s = self.session
         s.send("response.created", response=self.view("in_progress"))
-        s.send("rate_limits.updated", rate_limits=s.rate_limits())
+        s.send("rate_limits.updated", rate_limits=rate_limits(self.req.out_headers))
         s.send("response.output_item.added", response_id=self.id, output_index=0, item=s.item_view(self.item))
         if self.in_conversation:
             s.add_item(self.item, None, done=False)

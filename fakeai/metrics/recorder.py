@@ -2,11 +2,12 @@
 
 Strategy. A chat request costs ~22 us of server CPU in all, and a dozen
 histogram updates in Python would cost several microseconds more. So an event
-is ONE `struct.pack_into` of a few integers into a preallocated buffer (no
-allocation, no lock: everything runs on the event loop), and the buffers are
-folded into the counters and histograms by numpy (searchsorted + add.at, a
-few ns an event) when one fills up or whenever somebody reads. Every read
-folds first, so what is read is exact.
+is ONE call that appends a row of integers to a preallocated buffer (the
+compiled `_speedups.metricsbuf`, pure twin `_metricsbuf_py`: no allocation,
+no lock, everything runs on the event loop), and the buffers are folded into
+the counters and histograms by numpy (searchsorted + add.at, a few ns an
+event) when one fills up or whenever somebody reads. Every read folds first,
+so what is read is exact.
 
 Three event buffers:
 - HTTP responses (the server's per-response hook): endpoint, status, latency.
@@ -62,10 +63,11 @@ methods doing nothing, so no layer tests a flag.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 
 import numpy as np
+
+from fakeai._speedups import load as load_speedup
 
 log = logging.getLogger("fakeai.metrics")
 
@@ -129,9 +131,6 @@ def error_kind(status: int) -> str | None:
 
 
 _MAX, _MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min  # empty min / max slots
-_HTTP = struct.Struct("4q")  # endpoint, status, latency ns, time ns
-_REQ = struct.Struct("15q")  # see Metrics.leave
-_TOK = struct.Struct("5q")  # model, time ns, gap ns (-1: first write), tokens, prompt tokens (first write)
 
 
 class Ring:
@@ -195,7 +194,7 @@ class Metrics:
 
     enabled = True
     HTTP_CAP = 8192
-    REQ_CAP = 2048
+    REQ_CAP = 4096
     TOK_CAP = 8192
 
     def __init__(self, config, app=None, store=None):
@@ -207,13 +206,6 @@ class Metrics:
         self._log_state: dict = {}
         self.window = config.metrics_window_size
         self.started_ns = _now()
-        # event buffers
-        self._hbuf = bytearray(_HTTP.size * self.HTTP_CAP)
-        self._hoff = 0
-        self._rbuf = bytearray(_REQ.size * self.REQ_CAP)
-        self._roff = 0
-        self._tbuf = bytearray(_TOK.size * self.TOK_CAP)
-        self._toff = 0
         # endpoints
         self._ep_cache: dict[str, int] = {}  # request path -> endpoint index
         self._ep_index: dict[str, int] = {}  # label -> index
@@ -259,75 +251,18 @@ class Metrics:
         self.w_tokens = ring.add((2,), np.int64)  # prompt, completion
         self.w_req = ring.add((), np.int64)  # HTTP responses
         ring.advance(self.started_ns // 10 ** 9)
+        # the event buffers; their methods are this recorder's hot path (see the module comment for the API)
+        buf = self._buf = load_speedup("metricsbuf").EventBuffers(
+            self.HTTP_CAP, self.REQ_CAP, self.TOK_CAP, self._ep_cache, self._endpoint, self._models, self._model,
+            self._reason_index, self._reason, self.fold, None if _now is time.monotonic_ns else _now)
+        self.response, self.begin, self.instant, self.tokens = buf.response, buf.begin, buf.instant, buf.tokens
 
-    # ------------------------------------------------------------------ hot path: HTTP
-    def response(self, req, status: int) -> None:
-        t = _now()
-        if req is None:
-            ep, lat = -1, 0
-        else:
-            ep = self._ep_cache.get(req.path)
-            if ep is None:
-                ep = self._endpoint(req.path)
-            lat = t - req.t0_ns
-        off = self._hoff
-        _HTTP.pack_into(self._hbuf, off, ep, status, lat, t)
-        off += 32
-        self._hoff = off
-        if off == 32 * self.HTTP_CAP:
-            self.fold()
-
+    # ------------------------------------------------------------------ the rest of the API (not per token)
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    # ------------------------------------------------------------------ hot path: generation requests
-    def begin(self, model: str, prompt_tokens: int, cached_tokens: int, query_tokens: int, choices, stream: bool):
-        m = self._models.get(model)
-        if m is None:
-            m = self._model(model)
-        finish = choices[0][2] if choices else "stop"
-        r = self._reason_index.get(finish)
-        if r is None:
-            r = self._reason(finish)
-        if not choices:
-            lens, completion, steps = None, 0, 0
-        elif len(choices) == 1:
-            lens = None
-            completion = steps = len(choices[0][1])
-        else:
-            lens = tuple(len(c[1]) for c in choices)
-            completion, steps = sum(lens), max(lens, default=0)
-        return m, r, stream, prompt_tokens, completion, cached_tokens, query_tokens, lens, steps
-
-    def instant(self, tag, t0: int) -> None:
-        """Answered at once: the simulated engine produced every token at this instant."""
-        if tag is None:
-            return
-        t = _now()
-        m, r, _, prompt, completion, cached, query, _, steps = tag
-        e2e = t - t0
-        off = self._roff
-        _REQ.pack_into(self._rbuf, off, m, r, _PREFILLED, prompt, completion, cached, query, t, e2e, 0, e2e, e2e, 0,
-                       steps - 1 if steps > 1 else 0, 0)
-        off += 120
-        self._roff = off
-        if off == 120 * self.REQ_CAP:
-            self.fold()
-
     def enter(self, job) -> None:
         self.live.add(job)
-
-    def tokens(self, tag, t: int, gap_ns: int, before: int, after: int) -> None:
-        if tag is None:
-            return
-        lens = tag[7]
-        n = after - before if lens is None else sum(min(k, after) - min(k, before) for k in lens)
-        off = self._toff
-        _TOK.pack_into(self._tbuf, off, tag[0], t, gap_ns, n, tag[3] if gap_ns < 0 else 0)
-        off += 40
-        self._toff = off
-        if off == 40 * self.TOK_CAP:
-            self.fold()
 
     def leave(self, job, outcome: int, first: int, last: int, steps: int, n_itl: int = 0, itl_ns: int = 0) -> None:
         """Call while job.admitted still says whether it ran. first / last: monotonic ns of its first and
@@ -338,7 +273,6 @@ class Metrics:
         if tag is None:
             return
         plan.metrics = None
-        t = _now()
         t0 = job.req.t0_ns
         admit = t0 + plan.queue_ns if job.admitted else 0
         m, r, stream, prompt, completion, cached, query, lens, max_steps = tag
@@ -350,14 +284,9 @@ class Metrics:
             flags |= _FAILED if outcome == FAILED else _ABORTED
             if steps < max_steps:
                 completion = steps if lens is None else sum(min(n, steps) for n in lens)
-        off = self._roff
-        _REQ.pack_into(self._rbuf, off, m, r, flags, prompt, completion, cached, query, t, t - t0,
-                       admit - t0 if admit else -1, first - t0 if first else -1,
-                       first - admit if first and admit else -1, last - first if first else -1, n_itl, itl_ns)
-        off += 120
-        self._roff = off
-        if off == 120 * self.REQ_CAP:
-            self.fold()
+        self._buf.request(m, r, flags, prompt, completion, cached, query, t0, admit - t0 if admit else -1,
+                          first - t0 if first else -1, first - admit if first and admit else -1,
+                          last - first if first else -1, n_itl, itl_ns)
 
     # ------------------------------------------------------------------ registration (rare)
     def _endpoint(self, path: str) -> int:
@@ -428,20 +357,13 @@ class Metrics:
     def fold(self) -> None:
         """Fold every buffered event into the counters, histograms and windows."""
         self.ring.advance(_now() // 10 ** 9)
-        if self._hoff:
-            self._fold_http(self._columns(self._hbuf, self._hoff, 4))
-            self._hoff = 0
-        if self._roff:
-            self._fold_requests(self._columns(self._rbuf, self._roff, 15))
-            self._roff = 0
-        if self._toff:
-            self._fold_writes(self._columns(self._tbuf, self._toff, 5))
-            self._toff = 0
-
-    @staticmethod
-    def _columns(buf, nbytes, width) -> np.ndarray:
-        """The buffered events as contiguous columns (width, n): a copy, so the buffer can be reused."""
-        return np.frombuffer(buf, dtype=np.int64, count=nbytes // 8).reshape(-1, width).T.copy()
+        http, requests, writes = self._buf.take()
+        if http.shape[1]:
+            self._fold_http(http)
+        if requests.shape[1]:
+            self._fold_requests(requests)
+        if writes.shape[1]:
+            self._fold_writes(writes)
 
     # numpy's ufunc.at is ~10x faster with one flat index than with a tuple of indices: every update
     # below indexes a C-contiguous array through its flat view.

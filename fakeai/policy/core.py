@@ -21,8 +21,9 @@ otherwise, so with everything off the policy costs nothing. In order:
 `check` raises ApiError, or returns None (go on to the handler) or a result to send instead of
 calling the handler (the CORS preflight Response, the Stall of an injected timeout).
 Per-request response headers (CORS, x-ratelimit-*) go in `req.out_headers`; the transport adds
-them to the head. Refusals and the safety message are applied by the chat handler through
-`refuse`/`safety_messages`; the moderation endpoint reads `moderation` and `threshold`.
+them to the head. The chat handler applies refusals (`safety`, `refuse(messages)`) and the safety
+message (`safety_message`, policy/safety.py); the moderation endpoint reads `moderation` and
+`threshold`.
 
 Every setting lives in this object and `reload(config)` re-reads them all (keys, limits,
 flags), keeping rate-limit buckets and abuse records, so a SIGHUP reload rotates keys and
@@ -275,7 +276,6 @@ class Policy:
         out = dict(self.counts)
         out["banned_ips"] = self.abuse.banned(_now()) if self.abuse is not None else 0
         return out
-
 
 
 def _body(req) -> dict:

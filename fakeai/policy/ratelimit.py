@@ -101,7 +101,8 @@ class RateLimiter:
     def _prune(self, now: int) -> None:
         self.next_prune = now + _MINUTE_NS
         full = [who for who, b in self.buckets.items()
-                if b.req + (now - b.t) * self.req_per_ns >= self.rpm and b.tok + (now - b.t) * self.tok_per_ns >= self.tpm]
+                if b.req + (now - b.t) * self.req_per_ns >= self.rpm
+                and b.tok + (now - b.t) * self.tok_per_ns >= self.tpm]
         for who in full:
             del self.buckets[who]
 

@@ -73,7 +73,8 @@ def reload(app, rebuild, server=None, tls=None) -> tuple[bool, str]:
     if frozen:
         log.warning("reload: %s changed but need%s a restart; not applied", ", ".join(frozen),
                     "s" if len(frozen) == 1 else "")
-    outcome = f"reloaded ({', '.join(changed) or 'no option changed'})"
+    outcome = (f"reloaded ({', '.join(changed) or 'no option changed'}"
+               f"{'; TLS certificate loaded again' if tls is not None else ''})")
     log.info("%s", outcome)
     return True, outcome
 

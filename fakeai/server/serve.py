@@ -228,7 +228,7 @@ def serve(cfg, app, socks, tls, notifier, rebuild, worker=None) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     if worker is None:
-        log.info("%s", banner(cfg, app, urls, 1))
+        log.info("%s", banner(cfg, app, urls))
     else:
         worker.start(loop, server, drain, on_reload)
         log.info("worker %d (pid %d) serving", worker.index, os.getpid())
@@ -248,14 +248,14 @@ def serve(cfg, app, socks, tls, notifier, rebuild, worker=None) -> int:
     return 0
 
 
-def banner(cfg, app, urls, workers: int) -> str:
+def banner(cfg, app, urls) -> str:
     """The start-up line: where, what runs, and the settings people check first."""
     loop_name = loop_module().__name__
     compiled = ", ".join(f"{k}={v}" for k, v in speedups_active().items())
     kv = (f"on ({cfg.kv_cache_num_workers} x {cfg.kv_cache_capacity_blocks} blocks of {cfg.kv_cache_block_size})"
           if cfg.kv_cache_enabled else "off")
     rate = f"{cfg.rate_limit_tier}" if cfg.rate_limit_enabled else "off"
-    return (f"fakeai {__version__} serving {', '.join(urls)} (pid {os.getpid()}; workers {workers}; loop "
+    return (f"fakeai {__version__} serving {', '.join(urls)} (pid {os.getpid()}; workers {cfg.workers}; loop "
             f"{loop_name}; speedups {compiled}; tokenizer: {app.tokenizer.describe()}) | ttft {cfg.ttft_ms:g} ms, "
             f"itl {cfg.itl_ms:g} ms, latency profile {cfg.latency_profile}, max_num_seqs {cfg.max_num_seqs}, "
             f"kv cache {kv}, api keys {'required' if cfg.require_api_key else 'not required'}, rate limit "

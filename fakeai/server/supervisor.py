@@ -50,7 +50,7 @@ from fakeai.server.worker import Worker
 
 log = logging.getLogger("fakeai")
 
-HEARTBEAT = 1.0
+HEARTBEAT = 0.25  # seconds between a worker's WATCHDOG=1 lines
 BACKOFF_MIN, BACKOFF_MAX, STABLE = 0.1, 10.0, 10.0
 KILL_GRACE = 5.0
 RELOAD_WAIT = 10.0
@@ -121,7 +121,7 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, _noop)
         self.sel.register(r, selectors.EVENT_READ)
-        log.info("%s", banner(self.cfg, self.app, urls, self.cfg.workers))
+        log.info("%s", banner(self.cfg, self.app, urls))
         gc.freeze()
         try:
             for slot in self.slots:

@@ -14,9 +14,9 @@ same program, the directory is private to the user) and closing. /health,
 /v1/health, /metrics, /metrics/prometheus and /prometheus/metrics are routed
 here: the answering worker gathers the peers' figures concurrently (a peer
 that does not answer within PEER_TIMEOUT is counted down), sums them
-(cluster.merge) into a View, an App-shaped object the ordinary health and
-metrics handlers were registered on, and runs the handler on it. /health's
-`server.workers` says how many workers answered and their pids.
+(cluster.Merged and its companions) into a View, an App-shaped object the
+ordinary health and metrics handlers were registered on, and runs the handler
+on it. /health's `server.workers` says how many workers answered and their pids.
 """
 from __future__ import annotations
 
@@ -65,9 +65,6 @@ class Worker:
                 reload()
             elif word == b"EXIT":
                 os._exit(0)
-            elif not word:  # the supervisor is gone
-                loop.remove_reader(self.channel.fileno())
-                drain()
 
         loop.add_reader(self.channel.fileno(), command)
         path = peer_path(self.rundir, self.index)
