@@ -98,8 +98,8 @@ def test_input_validation_end_to_end(guarded):
     with httpx.Client(base_url=guarded.url, timeout=30) as h:
         def post(raw: bytes):
             return h.post("/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"})
-        ok = post('{"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": '
-                  '"Caf\u00e9, na\u00efve, \u65e5\u672c\u8a9e, \ud83d\ude00, tab\t and newline\n"}]}'.encode())
+        ok = post(rb'{"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": '
+                  rb'"Caf\u00e9, na\u00efve, \u65e5\u672c\u8a9e, \ud83d\ude00, tab\t and newline\n"}]}')
         assert ok.status_code == 200
         ok = post('{"model": "gpt-4o", "max_tokens": 1, "messages": [{"role": "user", "content": "Café 日本語 😀"}]}'
                   .encode())

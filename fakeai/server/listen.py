@@ -53,8 +53,10 @@ def unix(path: str) -> socket.socket:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(path)
-            except OSError:
+            except ConnectionRefusedError:  # nobody accepting: a leftover of a process that died
                 os.unlink(path)
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {path}: {exc.strerror or exc}") from None
             else:
                 raise ListenError(f"cannot listen on {path}: another server is accepting there")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -146,7 +146,7 @@ class Supervisor:
         log.info("fakeai stopped")
         return self.status
 
-    def _timeout(self) -> float:
+    def _timeout(self) -> float | None:
         now = time.monotonic()
         due = [s.restart_at for s in self.slots if s.pid is None and not self.stopping]
         if self.notifier.interval:
@@ -266,14 +266,15 @@ class Supervisor:
         if msg.get("READY") != "1":
             return
         slot.ready = True
-        if self.reloading:
+        if slot.index in self.reloading:  # its answer to RELOAD
             self.reloading.discard(slot.index)
             if not self.reloading:
                 self._reloaded()
-        elif not self.all_ready and all(s.ready for s in self.slots):
-            self.all_ready = True
-            self.notifier.ready(f"{len(self.slots)} workers serving")
-        elif self.all_ready:
+        elif not self.all_ready:
+            if all(s.ready for s in self.slots):
+                self.all_ready = True
+                self.notifier.ready(f"{len(self.slots)} workers serving")
+        else:  # a worker forked again
             self.notifier.status(f"{self._up()} of {len(self.slots)} workers up")
 
     def _up(self) -> int:
