@@ -706,8 +706,15 @@ def test_metrics_streaming_websocket(msrv):
             assert m["type"] == "metrics" and m["interval"] == 0.2
             assert set(m) == {"type", "timestamp", "interval", "requests_per_second", "active_streams", "ttft"}
         assert sum(m["requests_per_second"] for m in msgs) > 0
+        ws.send(json.dumps({"interval": 0.15}))  # the fields stay
+        cfg = json.loads(ws.recv())
+        while cfg["type"] == "metrics":
+            cfg = json.loads(ws.recv())
+        assert cfg == {"type": "config", "interval": 0.15, "fields": ["requests_per_second", "active_streams", "ttft"]}
         ws.send(json.dumps({"interval": 0.1, "fields": []}))
         cfg = json.loads(ws.recv())
+        while cfg["type"] == "metrics":
+            cfg = json.loads(ws.recv())
         assert cfg["type"] == "config" and cfg["interval"] == 0.1 and "kv_hit_rate" in cfg["fields"]
         m = json.loads(ws.recv())
         assert {"requests_per_second", "avg_latency_ms", "ttft", "tokens_per_second", "active_streams",

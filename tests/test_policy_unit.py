@@ -23,17 +23,6 @@ def cfg(**kw):
     return config_mod.build(kw, environ={})
 
 
-def hdict(entries) -> dict:
-    """Response header entries ((name, value) pairs or bytes of complete lines) as a dict."""
-    out = {}
-    for e in entries:
-        if type(e) is bytes:
-            out.update(line.split(b": ", 1) for line in e.split(b"\r\n") if line)
-        else:
-            out[e[0]] = e[1]
-    return out
-
-
 def request(path="/v1/chat/completions", body=b"", headers=(), method="POST", ip="10.0.0.1", query=""):
     hs = [(k.lower().encode(), v.encode() if isinstance(v, str) else v) for k, v in headers]
     return Request(method, path, query, hs, body, (ip, 1234), "req_1", 0)
@@ -65,7 +54,7 @@ def test_rpm_exact_and_retry_after_is_true():
         rl.take_request("k", 0)
     err = e.value
     assert err.status == 429 and err.type == "requests" and err.code == "rate_limit_exceeded"
-    h = hdict(err.headers)
+    h = dict(err.headers)
     assert h[b"retry-after-ms"] == b"10000" and h[b"retry-after"] == b"10"
     assert h[b"x-ratelimit-remaining-requests"] == b"0" and h[b"x-ratelimit-reset-requests"] == b"1m0s"
     assert "Limit 6, Used 6, Requested 1" in err.message and "try again in 10s" in err.message
@@ -84,11 +73,11 @@ def test_tokens_charged_refused_and_given_back():
     with pytest.raises(ApiError) as e:
         rl.take_tokens(b, 200, "m", 0)
     assert e.value.type == "tokens" and "for m " in e.value.message
-    assert hdict(e.value.headers)[b"retry-after-ms"] == b"6000"  # 100 tokens at 1000/min
+    assert dict(e.value.headers)[b"retry-after-ms"] == b"6000"  # 100 tokens at 1000/min
     assert b.req == 500  # the refused request gave its unit back
     with pytest.raises(ApiError) as e:
         rl.take_tokens(b, 1001, "m", 0)
-    assert "Request too large" in e.value.message and b"retry-after" not in hdict(e.value.headers)
+    assert "Request too large" in e.value.message and b"retry-after" not in dict(e.value.headers)
     rl.give_back(b, 400)
     assert b.tok == 500
 
@@ -108,7 +97,7 @@ def test_ticket_settles_to_tokens_produced():
     assert bucket.tok == pytest.approx(left + 120 - 40, abs=1)
     ticket.settle(10)  # once only
     assert bucket.tok == pytest.approx(left + 80, abs=1)
-    headers = hdict(req.out_headers)
+    headers = dict(req.out_headers)
     assert headers[b"x-ratelimit-limit-tokens"] == b"10000"
     assert int(headers[b"x-ratelimit-remaining-tokens"]) == int(left)
 
@@ -184,11 +173,11 @@ def test_reload_rotates_keys_and_limits_keeping_buckets():
                  rate_limit_rpm=4))
     req = request(headers=new)
     p.check(req)
-    assert hdict(req.out_headers)[b"x-ratelimit-limit-requests"] == b"4"
-    assert hdict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"3"
+    assert dict(req.out_headers)[b"x-ratelimit-limit-requests"] == b"4"
+    assert dict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"3"
     req = request(headers=old)
     p.check(req)  # the old key's bucket survived the reload: 2 units left of 10, still 2 under a limit of 4
-    assert hdict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"1"
+    assert dict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"1"
     p.reload(cfg(cors_allowed_origins=[]))
     assert not p.active and p.keys is None and p.limiter is None
 
@@ -244,14 +233,14 @@ def test_abuse_bans_grow_and_are_cleaned_up():
         ab.violation("1.2.3.4", t)
     with pytest.raises(ApiError) as e:
         ab.refuse_banned("1.2.3.4", 3)
-    assert e.value.status == 403 and e.value.code == "ip_banned" and hdict(e.value.headers)[b"retry-after"] == b"1"
+    assert e.value.status == 403 and e.value.code == "ip_banned" and dict(e.value.headers)[b"retry-after"] == b"1"
     ab.refuse_banned("5.6.7.8", 3)  # others are not affected
     assert ab.banned(3) == 1
     for t in range(3):
         ab.violation("1.2.3.4", 2 * s + t)
     with pytest.raises(ApiError) as e:
         ab.refuse_banned("1.2.3.4", 2 * s + 3)
-    assert hdict(e.value.headers)[b"retry-after"] == b"2"  # the second ban lasts twice as long
+    assert dict(e.value.headers)[b"retry-after"] == b"2"  # the second ban lasts twice as long
     ab.refuse_banned("1.2.3.4", 5 * s)
     assert "1.2.3.4" in ab.records
     ab.refuse_banned("9.9.9.9", 200 * s)  # the cleanup runs lazily, at most once per interval
@@ -269,14 +258,14 @@ def test_counters_and_cors_through_check():
     pre = p.check(request(method="OPTIONS", headers=[("Origin", "https://app.example.com"),
                                                       ("Access-Control-Request-Method", "POST"),
                                                       ("Access-Control-Request-Headers", "authorization")]))
-    assert pre.status == 200 and hdict(pre.headers)[b"access-control-allow-headers"] == b"authorization"
+    assert pre.status == 200 and dict(pre.headers)[b"access-control-allow-headers"] == b"authorization"
     with pytest.raises(ApiError):  # blocked 1
         p.check(request(method="OPTIONS", headers=[("Origin", "https://evil.example.com"),
                                                     ("Access-Control-Request-Method", "POST")]))
     req = request(headers=[one, ("Origin", "https://app.example.com")], body=b'{"model":"m"}')
     assert p.check(req) is None
-    assert hdict(req.out_headers)[b"access-control-allow-origin"] == b"https://app.example.com"
-    assert hdict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"2"
+    assert dict(req.out_headers)[b"access-control-allow-origin"] == b"https://app.example.com"
+    assert dict(req.out_headers)[b"x-ratelimit-remaining-requests"] == b"2"
     with pytest.raises(ApiError):  # blocked 2, injection 1, violation 1 of 7.7.7.7
         p.check(request(ip="7.7.7.7", headers=[one], body=b'{"user": "x; rm -rf /"}'))
     with pytest.raises(ApiError):  # auth failure, violation 2: banned

@@ -20,11 +20,9 @@ MSGS = [{"role": "user", "content": "Rename the functions in this file."}]
 ENC = tiktoken.get_encoding("o200k_base")
 
 
-def test_align():
-    mask, acc, rej = P.align(list("abcdef"), list("abXdef"))
-    assert (acc, rej) == (5, 1) and mask == [True, True, False, True, True, True]
-    assert P.align([], list("ab")) == ([], 0, 2)
-    assert P.align(list("ab"), []) == ([False, False], 0, 0)
+def test_accepted():
+    assert P.accepted([True, False, True], 5) == (2, 3)
+    assert P.accepted([], 2) == (0, 2)
 
 
 def test_grid():
@@ -36,8 +34,13 @@ def test_answer_reuses_the_prediction():
     gen = TextGen()
     kept = []
     for seed in range(20):
-        out = P.answer(tokens, random.Random(seed), gen)
-        _, acc, rej = P.align(out, tokens)
+        out, mask = P.answer(tokens, random.Random(seed), gen)
+        assert len(mask) == len(out)
+        # the alignment: copied tokens are the prediction's, in order
+        copied = [t for t, m in zip(out, mask) if m]
+        it = iter(tokens)
+        assert all(any(t == p for p in it) for t in copied)
+        acc, rej = P.accepted(mask, len(tokens))
         assert acc + rej == len(tokens)
         kept.append(acc / len(tokens))
         assert "".join(out).count("\n") == CODE.count("\n")  # rewritten lines keep their line breaks

@@ -64,13 +64,23 @@ def b64(samples: np.ndarray) -> str:
     return base64.b64encode(samples.astype("<i2").tobytes()).decode()
 
 
-@pytest.fixture(scope="module")
-def slow():
-    """ITL slow enough that a response is still running when the next client event arrives."""
-    s = ServerProc("--ttft-ms", "20", "--itl-ms", "40", "--no-access-log")
+def serve(*args):
+    s = ServerProc(*args, "--no-access-log")
     yield s
     assert s.stop() == 0, s.log()
     assert "Traceback" not in s.log(), s.log()
+
+
+@pytest.fixture(scope="module")
+def slow():
+    """ITL slow enough that a response is still running when the next client event arrives."""
+    yield from serve("--ttft-ms", "20", "--itl-ms", "40")
+
+
+@pytest.fixture
+def own():
+    """A server of the test's own: its connection and slot counts must come back to zero."""
+    yield from serve("--ttft-ms", "1", "--itl-ms", "1")
 
 
 # --------------------------------------------------------------------------- the migration guide's two examples
@@ -488,7 +498,8 @@ def test_slow_reader_pauses_the_response_without_losing_anything(slow):
     ws.close()
 
 
-def test_many_concurrent_sessions_then_nothing_left(server):
+def test_many_concurrent_sessions_then_nothing_left(own):
+    server = own
     errors = []
 
     def one(i):

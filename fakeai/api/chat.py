@@ -585,7 +585,7 @@ class _Features:
         self.outs = []
         for _, pieces, finish in plain:
             want = R.length(rng, effort, cfg.completion_length_mean, cfg.completion_length_stddev) if self.think else 0
-            content, calls = pieces, []
+            content, calls, copied = pieces, [], []
             called = T.choose(tools, mode, user, parallel, rng, name)
             if called:
                 calls = [(T.call_id(rng), t.name, split(T.arguments(t, rng, user), enc)) for t in called]
@@ -596,7 +596,7 @@ class _Features:
                     js = to_json(free_object(rng), "response_format") if fmt is True else fmt.json(rng)
                     content = split(js, enc)
                 else:
-                    content = P.answer(predicted, rng, app.textgen)
+                    content, copied = P.answer(predicted, rng, app.textgen)
                     if ignore_eos:
                         content += pieces[:max(0, cap - len(content))]
                 finish = "stop"
@@ -617,7 +617,8 @@ class _Features:
                     content, finish = content[:k], "length"
             o = _Out(R.pieces(app.textgen, rng, r), content, calls, finish)
             if predicted is not None:
-                o.mask, o.accepted, o.rejected = P.align(content or [], predicted)
+                o.mask = copied[:len(content or ())]
+                o.accepted, o.rejected = P.accepted(o.mask, len(predicted))
             if voice_fmt is not None and not calls:
                 o.speech = _Speech(content, voice_fmt[0], voice_fmt[1])
             self.outs.append(o)

@@ -146,7 +146,7 @@ def _fields(v):
     if v is None or v == "" or v == []:
         return None
     names = [s.strip() for s in v.split(",")] if type(v) is str else v
-    if type(names) is not list or not all(type(s) is str for s in names):
+    if type(names) not in (list, tuple) or not all(type(s) is str for s in names):
         raise ApiError(400, "Invalid 'fields': expected a comma-separated string or an array of names.",
                        param="fields", code="invalid_value")
     unknown = [s for s in names if s not in STREAM_FIELDS]

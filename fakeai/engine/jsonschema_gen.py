@@ -8,10 +8,13 @@ root is an object schema, that keywords have the right types, that bounds
 are consistent and that every `$ref` resolves inside the document; strict
 mode (`strict: true`) adds OpenAI's subset rules: every object has
 `additionalProperties: false` and lists all its properties in `required`,
-and `oneOf`, `allOf`, `not`, `if`/`then`/`else` and the other composition
-keywords are "not permitted". A strict `pattern` must be one we can honour
-(below), else 400; without strict, an unsupported keyword or pattern is
-ignored: best effort, as OpenAI's non-strict mode promises no more.
+and `oneOf`, `allOf`, `not`, `if`/`then`/`else`, `contains` and the other
+keywords generation cannot guarantee are "not permitted" (NOT_PERMITTED_STRICT).
+A strict `pattern` must be one we can honour (below), else 400; without
+strict, an unsupported keyword or pattern is ignored: best effort, as
+OpenAI's non-strict mode promises no more. Limits against abuse: a schema
+nested deeper than MAX_CONTEXT keys, or whose smallest instance holds more
+than MAX_VALUES values (huge minItems / minLength / minProperties), is a 400.
 
 `Schema.generate(rng, phrases)` walks the schema and builds a value valid
 against it: objects in property order (required ones always, optional ones
@@ -54,7 +57,8 @@ HARD_DEPTH = 40  # beyond: no finite instance
 MAX_VALUES = 100_000  # values one instance may hold (minItems / minProperties / minLength / repeats add up)
 MAX_CONTEXT = 200  # keys from the root to a subschema
 NOT_PERMITTED_STRICT = ("oneOf", "allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
-                        "patternProperties", "unevaluatedProperties", "unevaluatedItems")
+                        "dependencies", "patternProperties", "propertyNames", "unevaluatedProperties",
+                        "unevaluatedItems", "contains", "minContains", "maxContains")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains")

@@ -8,17 +8,17 @@ with probability KEEP (0.8, from the request's rng: seeded with `seed`) and
 rewrites the others: as many tokens of the shared text stream, the
 segment's closing line break kept, so code stays line-shaped. A prediction
 that is nothing but whitespace is not used. Acceptance follows OpenAI's
-definitions from a token alignment (difflib's longest matching blocks, no
-junk heuristic): accepted = answer tokens paired with prediction tokens,
-rejected = prediction tokens left unpaired. As OpenAI bills them, rejected
+definitions on the token alignment the rewrite defines (each kept token is
+paired with the prediction token it copies, in order; rewritten tokens
+pair with nothing), computed as the answer is built, in linear time:
+accepted = answer tokens paired with prediction tokens, rejected =
+prediction tokens left unpaired (`accepted`). As OpenAI bills them, rejected
 tokens count in completion_tokens although no chunk carries them.
 A speculative decoder verifies several draft tokens in one forward pass, so
 each accepted token takes itl / prediction_speedup and every other token a
 whole ITL (`grid`, the offsets the token stream paces by).
 """
 from __future__ import annotations
-
-import difflib
 
 from fakeai.server.response import ApiError
 
@@ -65,12 +65,15 @@ def _segments(tokens: list[str]) -> list[list[str]]:
     return out
 
 
-def answer(predicted: list[str], rng, textgen) -> list[str]:
-    """The answer's tokens: the prediction's segments, each kept (p = KEEP) or rewritten."""
+def answer(predicted: list[str], rng, textgen) -> tuple[list[str], list[bool]]:
+    """(the answer's tokens, which of them copy a prediction token): the prediction's segments, each kept
+    (p = KEEP) or rewritten (its closing line break still copied)."""
     out: list[str] = []
+    mask: list[bool] = []
     for seg in _segments(predicted):
         if rng.random() < KEEP:
             out += seg
+            mask += [True] * len(seg)
             continue
         keep_tail = "\n" in seg[-1]
         n = len(seg) - 1 if keep_tail else len(seg)
@@ -79,20 +82,14 @@ def answer(predicted: list[str], rng, textgen) -> list[str]:
         if new and out and not out[-1][-1:].isspace():
             new[0] = " " + new[0]
         out += new + ([seg[-1]] if keep_tail else [])
-    return out
+        mask += [False] * len(new) + ([True] if keep_tail else [])
+    return out, mask
 
 
-def align(output: list[str], predicted: list[str]) -> tuple[list[bool], int, int]:
-    """(accepted mask over the output tokens, accepted, rejected)."""
-    mask = [False] * len(output)
-    accepted = 0
-    if output and predicted:
-        blocks = difflib.SequenceMatcher(None, predicted, output, autojunk=False).get_matching_blocks()
-        for _, j, size in blocks:
-            for k in range(j, j + size):
-                mask[k] = True
-            accepted += size
-    return mask, accepted, len(predicted) - accepted
+def accepted(mask: list[bool], predicted: int) -> tuple[int, int]:
+    """(accepted, rejected) prediction tokens, given the answer's mask (as emitted: cut or padded)."""
+    n = sum(mask)
+    return n, predicted - n
 
 
 def grid(mask: list[bool], speedup: float) -> list[float]:

@@ -193,6 +193,7 @@ class Metrics:
     """The recorder (see the module comment)."""
 
     enabled = True
+    # rows per event buffer: a full one is folded at once (4096 requests: about a millisecond of numpy)
     HTTP_CAP = 8192
     REQ_CAP = 4096
     TOK_CAP = 8192

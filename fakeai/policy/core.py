@@ -66,7 +66,7 @@ class Ticket:
     def __init__(self, limiter, bucket, at: int = 0):
         self.limiter = limiter
         self.bucket = bucket
-        self.at = at  # where this request's x-ratelimit-* header lines are in req.out_headers
+        self.at = at  # where this request's x-ratelimit-* headers start in req.out_headers
         self.charged = 0
         self.prompt = 0
         self.lens = ()
@@ -85,7 +85,8 @@ class Ticket:
         limiter = self.limiter
         limiter.take_tokens(bucket, estimate, model, _now())
         self.charged, self.prompt, self.lens = estimate, prompt_tokens, lens
-        req.out_headers[self.at] = limiter.headers(bucket)
+        out, at = req.out_headers, self.at
+        out[at + 3], out[at + 5] = limiter.token_headers(bucket)
 
     def settle(self, steps: int) -> None:
         """The response ended after `steps` token steps: give back what the estimate over-charged."""
@@ -198,10 +199,10 @@ class Policy:
             headers = limiter.headers(bucket)
             if req.out_headers is None:
                 req.policy = Ticket(limiter, bucket)
-                req.out_headers = [headers]
+                req.out_headers = headers
             else:
                 req.policy = Ticket(limiter, bucket, len(req.out_headers))
-                req.out_headers = req.out_headers + [headers]
+                req.out_headers = req.out_headers + headers
         if self.validation or self.detection:
             self._inspect(req)
         if self.injection:

@@ -31,8 +31,6 @@ TIERS = {  # the migration guide's table: (RPM, TPM)
     "tier-5": (100_000, 300_000_000),
 }
 _MINUTE_NS = 60_000_000_000
-_BLOCK = (b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-requests: %%d\r\n"
-          b"x-ratelimit-remaining-tokens: %%d\r\nx-ratelimit-reset-requests: %%s\r\nx-ratelimit-reset-tokens: %%s\r\n")
 _LIMITS_URL = "https://platform.openai.com/account/rate-limits"
 
 
@@ -74,7 +72,8 @@ class RateLimiter:
         """(Re)apply the limits; existing buckets keep their levels, clamped to the new capacities."""
         self.rpm, self.tpm = limits(cfg)
         self.req_per_ns, self.tok_per_ns = self.rpm / _MINUTE_NS, self.tpm / _MINUTE_NS
-        self.block = _BLOCK % (self.rpm, self.tpm)  # the constant part of the headers, then their template
+        self.limit_requests = (b"x-ratelimit-limit-requests", b"%d" % self.rpm)
+        self.limit_tokens = (b"x-ratelimit-limit-tokens", b"%d" % self.tpm)
         for b in self.buckets.values():
             b.req = min(b.req, self.rpm)
             b.tok = min(b.tok, self.tpm)
@@ -107,12 +106,19 @@ class RateLimiter:
         for who in full:
             del self.buckets[who]
 
-    def headers(self, b: Bucket) -> bytes:
-        """The six x-ratelimit-* headers as complete header lines, in one formatting (the transport writes a
-        bytes entry as is): rendering them was most of the limiter's cost per request."""
+    def headers(self, b: Bucket) -> list:
+        """The six x-ratelimit-* headers; the token ones at [3] and [5] (token_headers)."""
         req, tok = b.req, b.tok
-        return self.block % (req, tok, duration((self.rpm - req) / self.req_per_ns).encode(),
-                             duration((self.tpm - tok) / self.tok_per_ns).encode())
+        return [self.limit_requests, self.limit_tokens,
+                (b"x-ratelimit-remaining-requests", b"%d" % req),
+                (b"x-ratelimit-remaining-tokens", b"%d" % tok),
+                (b"x-ratelimit-reset-requests", duration((self.rpm - req) / self.req_per_ns).encode()),
+                (b"x-ratelimit-reset-tokens", duration((self.tpm - tok) / self.tok_per_ns).encode())]
+
+    def token_headers(self, b: Bucket) -> tuple:
+        tok = b.tok
+        return ((b"x-ratelimit-remaining-tokens", b"%d" % tok),
+                (b"x-ratelimit-reset-tokens", duration((self.tpm - tok) / self.tok_per_ns).encode()))
 
     def _refused(self, b: Bucket, kind: str, limit: int, level: float, wanted: int, model: str | None) -> ApiError:
         wait_ns = (wanted - level) * _MINUTE_NS / limit
@@ -123,8 +129,8 @@ class RateLimiter:
                              f"Used {limit - int(level)}, Requested {wanted}. Please try again in "
                              f"{duration(wait_ms * 1e6)}. Visit {_LIMITS_URL} to learn more.",
                         kind, code="rate_limit_exceeded",
-                        headers=[self.headers(b), (b"retry-after", b"%d" % math.ceil(wait_ms / 1000)),
-                                 (b"retry-after-ms", b"%d" % wait_ms)])
+                        headers=self.headers(b) + [(b"retry-after", b"%d" % math.ceil(wait_ms / 1000)),
+                                                   (b"retry-after-ms", b"%d" % wait_ms)])
 
     def take_request(self, who, now: int) -> Bucket:
         """One request unit, or a 429 (type "requests") with the exact wait."""
@@ -142,7 +148,7 @@ class RateLimiter:
             raise ApiError(429, f"Request too large for {model} in organization org-fakeai on tokens per min (TPM): "
                                 f"Limit {self.tpm}, Requested {tokens}. The input or output tokens must be reduced "
                                 f"in order to run successfully. Visit {_LIMITS_URL} to learn more.",
-                           "tokens", code="rate_limit_exceeded", headers=[self.headers(b)])
+                           "tokens", code="rate_limit_exceeded", headers=self.headers(b))
         if b.tok < tokens:
             b.req = min(self.rpm, b.req + 1)
             raise self._refused(b, "tokens", self.tpm, b.tok, tokens, model)

@@ -392,9 +392,9 @@ class HttpProtocol(asyncio.Protocol):
             framing = b"content-length: %d\r\n" % length
         head = _HEAD % (R.STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status, R.date_line(),
                         content_type, framing, rid.encode("latin-1"), ms)
-        if extra or more or not self.keep_alive:  # (name, value) pairs, or bytes of complete header lines
-            tail = [kv if type(kv) is bytes else b"%s: %s\r\n" % kv for kv in (extra or ())]
-            tail += [kv if type(kv) is bytes else b"%s: %s\r\n" % kv for kv in (more or ())]
+        if extra or more or not self.keep_alive:
+            tail = [b"%s: %s\r\n" % kv for kv in (extra or ())]
+            tail += [b"%s: %s\r\n" % kv for kv in (more or ())]
             if not self.keep_alive:
                 tail.append(b"connection: close\r\n")
             return head + b"".join(tail) + b"\r\n"
