@@ -167,7 +167,7 @@ def test_timing_record_non_stream_and_body_flag(server):
 
 
 def test_queueing_two_slots():
-    s = ServerProc("--ttft-ms", "0", "--itl-ms", "100", "--itl-variance-pct", "0", "--max-num-seqs", "2",
+    s = ServerProc("--ttft-ms", "0", "--itl-ms", "200", "--itl-variance-pct", "0", "--max-num-seqs", "2",
                    "--max-waiting-queue-length", "3", "--no-access-log")
     try:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
@@ -184,8 +184,12 @@ def test_queueing_two_slots():
         for t in threads:
             t.start()
             time.sleep(0.03)
-        time.sleep(0.1)
-        h = s.health()["server"]
+        deadline = time.monotonic() + 0.6  # each request runs 0.8 s: all five are in well before one ends
+        while True:
+            h = s.health()["server"]
+            if (h["running"], h["waiting"]) == (2, 3) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert (h["running"], h["waiting"]) == (2, 3)
         with pytest.raises(openai.RateLimitError) as e:
             c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5)
@@ -194,7 +198,7 @@ def test_queueing_two_slots():
             t.join()
         queued = sorted(q for _, q in results.values())
         assert queued[0] < 50_000 and queued[1] < 50_000
-        assert all(q >= 200_000 for q in queued[2:]), results  # waited for a 0.4 s request to finish
+        assert all(q >= 400_000 for q in queued[2:]), results  # waited for a 0.8 s request to finish
         h = s.health()["server"]
         assert (h["running"], h["waiting"]) == (0, 0)
     finally:

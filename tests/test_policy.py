@@ -91,6 +91,13 @@ def test_open_and_protected_paths(auth_server):
     assert httpx.get(auth_server.url + "/v1/nonexistent").status_code == 401  # no route discovery without a key
     assert httpx.get(auth_server.url + "/v1/nonexistent",
                      headers={"Authorization": "Bearer sk-inline-key-1"}).status_code == 404
+    for path in ("/admin/clear-kv-cache", "/reset_prefix_cache"):  # operational paths need the key
+        assert httpx.post(auth_server.url + path).status_code == 401
+        assert httpx.post(auth_server.url + path, headers={"Authorization": "Bearer sk-inline-key-1"}).status_code == 200
+    # an image URL is fetched without a key, as OpenAI's are; the generation itself needs one
+    img = oai(auth_server, "sk-inline-key-1").images.generate(model="dall-e-2", prompt="a red square", size="256x256")
+    r = httpx.get(img.data[0].url)
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
 
 
 def test_protect_metrics():

@@ -5,8 +5,8 @@ origins, API keys, rate limits, a security check, error injection); the HTTP dis
 otherwise, so with everything off the policy costs nothing. In order:
 
 1. CORS (policy/cors.py): a preflight is answered here; an allowed Origin gets its headers.
-2. Open paths: /health always; /metrics*, /prometheus/*, /dcgm/*, /kv-cache/metrics unless
-   `protect_metrics`. Everything else is protected.
+2. Open paths: /health and generated images (/images/*) always; /metrics*, /prometheus/*,
+   /dcgm/*, /kv-cache/metrics unless `protect_metrics`. Everything else is protected.
 3. Abuse (policy/security.py): a banned client IP gets 403.
 4. Authentication (policy/auth.py): `require_api_key` -> 401 invalid_api_key without a valid key.
    Operational paths (/admin/*, /kv-cache/*, /reset_prefix_cache) stop here: they need a key but
@@ -49,8 +49,8 @@ COUNTERS = ("blocked_requests", "injection_attempts", "banned_ips", "validation_
 
 
 def path_kind(path: str) -> int:
-    if path == "/health" or path == "/v1/health":
-        return OPEN
+    if path == "/health" or path == "/v1/health" or path.startswith("/images/"):
+        return OPEN  # /images/{id}.png: OpenAI's image URLs are fetched without a key
     if path.startswith(_METRICS_PREFIXES):
         return METRICS
     if path.startswith(_OPS_PREFIXES):
