@@ -134,7 +134,9 @@ class TextGen:
         toks = _build_stream(size, seed)
         self.tokens = toks
         self.size = len(toks)
-        self.json = [orjson.dumps(t) for t in toks]
+        # copied: orjson.dumps returns a bytes object that keeps its ~4 KB output buffer (60,000 of them held
+        # for the process's life were 246 MB of RSS); the copy is allocated at its exact size
+        self.json = [bytes(memoryview(orjson.dumps(t))) for t in toks]
         # sentence starts (index of the first token of a sentence) and sentence ends (index of its ./!/?)
         self.ends = [i for i, t in enumerate(toks) if t in _END]
         self.starts = [0] + [i + 1 for i in self.ends[:-1] if toks[i + 1] != PARAGRAPH] + \
