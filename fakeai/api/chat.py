@@ -189,10 +189,7 @@ def logprobs_entry(app, rng, piece: str, k: int) -> dict:
 
 def create(app, req):
     body = req.json()
-    model, info = C.resolve_model(app, body)
-    if info.is_embedding:
-        raise ApiError(400, f"The model '{model}' is an embedding model and does not support chat completions.",
-                       param="model", code="model_not_supported")
+    model, info = C.resolve_text_model(app, body, "chat completions")
     stream = C.get_bool(body, "stream")
     include_usage, continuous = C.stream_flags(body, stream)
     n = C.get_int(body, "n", 1, 128, default=1)

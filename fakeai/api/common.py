@@ -139,6 +139,15 @@ def resolve_model(app, body):
     return name, app.catalog.get_or_create(name)
 
 
+def resolve_text_model(app, body, what: str):
+    """resolve_model for the text-generating endpoints: an embedding model gets OpenAI's 400."""
+    model, info = resolve_model(app, body)
+    if info.is_embedding:
+        raise ApiError(400, f"The model '{model}' is an embedding model and does not support {what}.",
+                       param="model", code="model_not_supported")
+    return model, info
+
+
 def make_rng(seed, model: str, prompt):
     """Seeded: same model + prompt + seed -> same text, whatever the other fields (stream, stop, n...).
     Unseeded: the shared fast generator."""

@@ -64,10 +64,7 @@ def _legacy_logprobs(app, rng, pieces, k, offset0, echo_pieces=()):
 
 def create(app, req):
     body = req.json()
-    model, info = C.resolve_model(app, body)
-    if info.is_embedding:
-        raise ApiError(400, f"The model '{model}' is an embedding model and does not support completions.",
-                       param="model", code="model_not_supported")
+    model, info = C.resolve_text_model(app, body, "completions")
     prompts = _prompts(body)
     stream = C.get_bool(body, "stream")
     include_usage, continuous = C.stream_flags(body, stream)

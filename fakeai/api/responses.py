@@ -762,10 +762,7 @@ class Store:
 
 def create(app, store: Store, req):
     body = req.json()
-    model, info = C.resolve_model(app, body)
-    if info.is_embedding:
-        raise ApiError(400, f"The model '{model}' is an embedding model and does not support the Responses API.",
-                       param="model", code="model_not_supported")
+    model, info = C.resolve_text_model(app, body, "the Responses API")
     stream = C.get_bool(body, "stream")
     keep = C.get_bool(body, "store", True)
     background = C.get_bool(body, "background")
