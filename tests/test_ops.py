@@ -579,3 +579,43 @@ def test_kv_and_lateness_sums():
     two.add(200_000_000)
     both = cluster.lateness([(x.counts, x.total, x.sum_us, x.max_us) for x in (one, two)])
     assert both.total == 4 and both.max_us == 200_000 and both.counts[-1] == 1
+
+
+def test_supervisor_skips_a_line_from_a_worker_reaped_in_the_same_batch():
+    """A worker's last line and its SIGCHLD arrive in one select() batch: once the exit is handled the slot's
+    socket is closed (or already a new worker's), and the stale line must neither crash the supervisor (the
+    old AttributeError made it exit 1) nor block reading the new worker's socket."""
+    import selectors
+
+    from fakeai.config import build
+    from fakeai.server.supervisor import Slot, Supervisor
+
+    sup = Supervisor(build({"workers": 1}, environ={}), None, None, None, [], None)
+    slot = sup.slots[0]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        slot.sock = ours
+        sup.sel.register(ours, selectors.EVENT_READ, slot)
+        theirs.send(b"STOPPING=1")
+        events = sup.sel.select(1.0)
+        assert [key.data for key, _ in events] == [slot]
+        sup.sel.unregister(ours)  # what _reap does on the worker's SIGCHLD
+        slot.sock = None
+        sup._dispatch(events)
+        fresh, _peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        slot.sock = fresh  # forked again: recv() on this one would block
+        try:
+            sup._dispatch(events)
+        finally:
+            fresh.close()
+            _peer.close()
+        assert not slot.ready
+        assert ours.recv(64) == b"STOPPING=1"  # (in the server that socket is closed with its line)
+        theirs.send(b"READY=1")  # and a live worker's line is still read
+        slot.sock = ours
+        sup._dispatch([(selectors.SelectorKey(ours, ours.fileno(), selectors.EVENT_READ, slot), selectors.EVENT_READ)])
+        assert slot.ready
+    finally:
+        ours.close()
+        theirs.close()
+        sup.sel.close()

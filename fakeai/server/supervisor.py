@@ -127,12 +127,7 @@ class Supervisor:
             for slot in self.slots:
                 self._spawn(slot)
             while not (self.stopping and all(s.pid is None for s in self.slots)):
-                for key, _ in self.sel.select(self._timeout()):
-                    if key.data is None:
-                        for signum in os.read(r, 256):
-                            self._on_signal(signum)
-                    else:
-                        self._on_line(key.data)
+                self._dispatch(self.sel.select(self._timeout()))
                 self._timers()
         finally:
             for slot in self.slots:
@@ -145,6 +140,17 @@ class Supervisor:
             listen.close(socks, self.created)
         log.info("fakeai stopped")
         return self.status
+
+    def _dispatch(self, events) -> None:
+        """One select() batch. A worker's last line and its SIGCHLD often come in the same batch: once the
+        SIGCHLD is handled its socket is closed (and the slot may hold a new one), so a key whose socket is
+        no longer the slot's is skipped."""
+        for key, _ in events:
+            if key.data is None:
+                for signum in os.read(self.pipe[0], 256):
+                    self._on_signal(signum)
+            elif key.fileobj is key.data.sock:
+                self._on_line(key.data)
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
