@@ -264,14 +264,15 @@ def deliver(app, req, resp, plan, steps, timing, span=None):
     return Deferred(app, req, resp, plan, steps, timing, span)
 
 
-def admit_check(app, req, body, model, prompt_tokens, kv_prompts=(), choices=None):
+def admit_check(app, req, body, model, prompt_tokens, kv_prompts=(), choices=()):
     """Queue room (429 when full), the KV cache lookups, the request's latency plan, whether it wants the
     timing record -> (plan, timing, cached_tokens).
 
     `kv_prompts`: the token ids of each prompt eligible for prefix caching (engine/kv.py); their blocks are
     pinned until the request ends and only the uncached tokens are charged prefill time.
     `choices`: the planned (start, pieces, finish_reason) of each choice, for the metrics (generated tokens,
-    finish reason); the request is recorded per model from here on (plan.metrics, fakeai/metrics/).
+    finish reason) and the rate limits' token estimate; none for endpoints that generate no tokens
+    (embeddings, images, speech). The request is recorded per model from here on (plan.metrics, fakeai/metrics/).
     With rate limits on, the request's tokens are charged here (429 when its tokens are not available)."""
     app.slots.check()
     if req.policy is not None:

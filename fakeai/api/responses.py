@@ -827,9 +827,11 @@ def create(app, store: Store, req):
         ids = array("I")
         _count(app, info, instructions, history, tools, ids)
         kv_prompts = (ids,)
-    plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts)
-
     steps = sum(ph.n for ph in phases)
+    finish = "length" if not complete else "tool_calls" if any(type(ph) is _FunctionCall for ph in phases) else "stop"
+    plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts,
+                                         [(0, range(steps), finish)])
+
     thinking = sum(ph.n for ph in phases if type(ph) is _Reasoning)
     rid = _new_id("resp")
     created = C.now_s()
