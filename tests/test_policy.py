@@ -115,7 +115,7 @@ def test_protect_metrics():
 
 @pytest.fixture(scope="module")
 def rl_server():
-    keys = ",".join(f"sk-rl-key-{i}" for i in range(6))
+    keys = ",".join(f"sk-rl-key-{i}" for i in range(8))
     s = start("--require-api-key", "--api-key", keys, "--rate-limit-enabled", "--rate-limit-rpm", "10",
               "--rate-limit-tpm", "6000")
     yield s
@@ -158,6 +158,44 @@ def test_stream_pays_what_it_produced(rl_server):
         used = events[-1]["usage"]["total_tokens"]
         after = int(h.get("/v1/models").headers["x-ratelimit-remaining-tokens"])
     assert abs(before - after - used) <= 5, (before, after, used)
+
+
+def test_every_endpoint_is_charged_not_only_chat(rl_server):
+    """Endpoints that generate no tokens (embeddings, images, speech, rankings) or plan them their own way (the
+    Responses API, transcriptions) go through the same charge: answered, with headers, never a 500."""
+    import io
+    import wave
+
+    c = oai(rl_server, "sk-rl-key-6")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\1" * 16000)
+    calls = {
+        "responses": lambda: c.responses.with_raw_response.create(model=MODEL, input="Hello there",
+                                                                  max_output_tokens=40),
+        "embeddings": lambda: c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hi"),
+        "images": lambda: c.images.with_raw_response.generate(model="dall-e-2", prompt="a cat", size="256x256"),
+        "speech": lambda: c.audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="hello"),
+        "transcriptions": lambda: c.audio.transcriptions.with_raw_response.create(
+            model="gpt-4o-mini-transcribe", file=("a.wav", buf.getvalue(), "audio/wav")),
+        "moderations": lambda: c.moderations.with_raw_response.create(input="hello"),
+        "rankings": lambda: c.post("/ranking", cast_to=httpx.Response, body={
+            "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "query": {"text": "cat"},
+            "passages": [{"text": "a cat"}, {"text": "a dog"}]}),
+    }
+    for name, call in calls.items():
+        raw = call()
+        headers = raw.headers
+        assert raw.status_code == 200, name
+        assert headers["x-ratelimit-limit-tokens"] == "6000", name
+    c = oai(rl_server, "sk-rl-key-7")
+    tokens = lambda: int(c.models.with_raw_response.list().headers["x-ratelimit-remaining-tokens"])  # noqa: E731
+    t0 = time.monotonic()
+    before = tokens()
+    used = c.responses.create(model=MODEL, input="Hello there", max_output_tokens=40).usage.total_tokens
+    after = tokens()
+    refill = (time.monotonic() - t0) * 6000 / 60  # the bucket refills 100 tokens a second meanwhile
+    assert used - refill - 2 <= before - after <= used  # charged what the response produced
 
 
 def test_rpm_exact_under_concurrency(rl_server):
