@@ -879,18 +879,16 @@ class Reply(_Job):
         horizon = now + _SLACK_NS
         itl, first = self.itl, self.first
         plan = self.plan
-        frac, sample = plan.itl_frac, plan.sample
+        exact = not plan.itl_frac
         due = []
         while i < steps and d <= horizon:
             self._step(i)
             due.append(d)
             i += 1
-            if frac:
-                nd = first + (i - 1) * itl + int(sample(itl, frac))
-                if nd > d:
-                    d = nd
-            else:
+            if exact:
                 d = first + i * itl
+            elif i < steps:
+                d = self._next_due(i, d)
         self.i, self.deadline = i, d
         if due:
             self.app.metrics.tokens(plan.metrics, now, now - self.last_token if self.t_first else -1, i - len(due), i)

@@ -60,6 +60,22 @@ class _Job(Stream):
     """Shared by both: slot admission, the app hooks (metrics: app.metrics.enter / leave), cancellation state."""
 
     __slots__ = ()
+    grid = None  # TokenStream's optional step positions
+
+    def _next_due(self, i, d) -> int:
+        """When step i is due, step i - 1 having been due at `d`, with jitter or a grid: jitter is drawn per
+        step around the absolute grid (first + i ITLs, or first + grid[i] ITLs) so it never accumulates, and
+        a step is never due before the one ahead of it. (Without either: first + i * itl, inline in callers.)"""
+        itl, first, plan = self.itl, self.first, self.plan
+        frac = plan.itl_frac
+        grid = self.grid
+        if grid is not None:
+            base = first + int(grid[i - 1] * itl)
+            gap = first + int(grid[i] * itl) - base
+            nd = base + (int(plan.sample(gap, frac)) if frac else gap)
+        else:
+            nd = first + (i - 1) * itl + int(plan.sample(itl, frac))
+        return nd if nd > d else d
 
     def _enter(self, conn):
         self.conn = conn
@@ -275,29 +291,18 @@ class TokenStream(_Job):
         horizon = now + _SLACK_NS
         itl = self.itl
         plan = self.plan
-        frac = plan.itl_frac
-        sample = plan.sample
         d = self.deadline
         first = self.first
-        grid = self.grid
+        exact = self.grid is None and not plan.itl_frac
         due = []
         while i < steps and d <= horizon:
             parts.append(chunk(i))
             due.append(d)
             i += 1
-            if grid is not None:
-                if i < steps:
-                    base = first + int(grid[i - 1] * itl)
-                    gap = first + int(grid[i] * itl) - base
-                    nd = base + (int(sample(gap, frac)) if frac else gap)
-                    if nd > d:
-                        d = nd
-            elif frac:
-                nd = first + (i - 1) * itl + int(sample(itl, frac))
-                if nd > d:
-                    d = nd
-            else:
+            if exact:
                 d = first + i * itl
+            elif i < steps:
+                d = self._next_due(i, d)
         self.i = i
         self.deadline = d
         finished = i >= steps
