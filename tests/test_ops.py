@@ -324,6 +324,52 @@ def test_workers_drain_and_reload(tmp_path):
     assert clean_log(s.log()), s.log()
 
 
+def test_workers_serve_state_from_one_place():
+    """Files, batches, stored responses and images live in worker 0; a connection that lands on the other
+    worker is handed over. Every call on a fresh connection (spread over both workers by SO_REUSEPORT) finds
+    what an earlier one created: without the handoff about half of them were 404s."""
+    import openai
+
+    s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log")
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        assert len(pids_seen(s.url, 30)) == 2
+
+        def fresh():  # a new connection per client
+            return openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0, http_client=httpx.Client())
+
+        lines = b"".join(json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {**CHAT, "max_tokens": 3}}).encode() + b"\n" for i in range(3))
+        f = fresh().files.create(file=("in.jsonl", lines), purpose="batch")
+        resp = fresh().responses.create(model="gpt-4o", input="hi", max_output_tokens=16)
+        image = fresh().images.generate(model="dall-e-2", prompt="a cat", size="256x256").data[0].url
+        for _ in range(12):
+            assert fresh().files.content(f.id).content == lines
+            assert fresh().responses.retrieve(resp.id).output_text == resp.output_text
+            assert httpx.get(image).status_code == 200
+            follow = fresh().responses.create(model="gpt-4o", input="more", previous_response_id=resp.id,
+                                              max_output_tokens=16, stream=True)
+            kinds = [e.type for e in follow]
+            assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+        batch = fresh().batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(lambda: fresh().batches.retrieve(batch.id).status == "completed", 20, s.log)
+        out = fresh().files.content(fresh().batches.retrieve(batch.id).output_file_id).content
+        assert len(out.splitlines()) == 3
+        big = os.urandom(3 << 20)  # an upload larger than one read: the rest follows the handed-over socket
+        assert fresh().files.content(fresh().files.create(file=("b.bin", big), purpose="assistants").id).content == big
+        for _ in range(8):  # HTTP/1.0 takes the other parser: handed over all the same
+            with socket.create_connection(("127.0.0.1", s.port)) as raw:
+                raw.sendall(f"GET /v1/files/{f.id} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                assert read_until_close(raw).startswith(b"HTTP/1.1 200 ")
+        with httpx.Client(base_url=s.url) as one:  # one keep-alive connection: chat, then state, then chat
+            for _ in range(4):
+                assert one.post("/v1/chat/completions", json=CHAT).status_code == 200
+                assert one.get(f"/v1/files/{f.id}").status_code == 200
+    finally:
+        assert s.stop() == 0
+    assert clean_log(s.log()), s.log()
+
+
 def test_workers_refuse_state_they_cannot_share(tmp_path):
     r = run_fail("--workers", "2", "--files-dir", str(tmp_path))
     assert r.returncode == 2 and "files_dir needs workers = 1" in r.stderr

@@ -27,6 +27,9 @@ stream at once (no log line, no timer left behind).
 
 A GET carrying `Upgrade` to a path registered with `router.add_ws` goes to
 server/ws.py, which validates the handshake and takes the socket over.
+Under a supervisor, a request for a stateful resource may hand the whole
+connection to the worker that holds the state (`server.handoff`, set by
+server/worker.py) as soon as its head is parsed.
 """
 from __future__ import annotations
 
@@ -172,6 +175,8 @@ class HttpProtocol(asyncio.Protocol):
                 self.head_started = 0.0
                 self.head = head
                 self.sent_continue = False
+                if self.server.handoff is not None and self.server.handoff(self, head[1]):
+                    return  # another worker serves this connection now (server/worker.py)
             method, target, headers, clen, head_end, keep_alive, expect = head
             if clen:
                 if clen > cfg.max_request_size:
@@ -203,6 +208,10 @@ class HttpProtocol(asyncio.Protocol):
         if end == -1 and len(self.buf) > cfg.max_header_size:
             self._protocol_error(431, f"request head larger than max_header_size ({cfg.max_header_size} bytes)")
             return
+        if self.server.handoff is not None:
+            parts = self.buf[:max(self.buf.find(b"\n", 0, cfg.max_header_size), 0)].split(b" ")
+            if len(parts) == 3 and self.server.handoff(self, bytes(parts[1])):
+                return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cfg.max_header_size)
         data = bytes(self.buf)
         self.buf.clear()

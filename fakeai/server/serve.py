@@ -76,6 +76,7 @@ class Server:
         self.rid_counter = 0
         self.now = time.monotonic()
         self.extra_headers = None  # [(name, value)] added to every response (policy layers)
+        self.handoff = None  # (connection, target) -> True when another worker took the connection (worker.py)
         self.logging_changed()
         self._tick_handle = None
         metrics = getattr(app, "metrics", None)  # absent in transport-only test apps

@@ -17,6 +17,17 @@ that does not answer within PEER_TIMEOUT is counted down), sums them
 (cluster.Merged and its companions) into a View, an App-shaped object the
 ordinary health and metrics handlers were registered on, and runs the handler
 on it. /health's `server.workers` says how many workers answered and their pids.
+
+State: files, batches, stored responses and generated images live in one
+process, worker 0. Another worker that parses the head of a request for one
+of them (STATEFUL paths) hands the whole connection over: the socket's file
+descriptor and the bytes read so far go to worker 0 over
+`<rundir>/state.sock` (SCM_RIGHTS), this worker forgets the connection
+without closing the TCP stream, and worker 0 adopts it as if it had accepted
+it, reading those bytes first. No request is re-encoded or proxied: uploads,
+streams and keep-alive work as on any connection, and the connection stays
+with worker 0. Without a handoff (TLS connections, whose session cannot
+move; worker 0 down or restarting) the request is served where it landed.
 """
 from __future__ import annotations
 
@@ -24,15 +35,21 @@ import asyncio
 import logging
 import os
 import pickle
+import socket
+import struct
 
 from fakeai.api import health as health_api, metrics as metrics_api
 from fakeai.metrics import cluster
+from fakeai.server.http import HttpProtocol
 from fakeai.server.router import Router
 
 log = logging.getLogger("fakeai")
 
 PEER_TIMEOUT = 2.0
 ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics")
+STATEFUL = (b"/v1/files", b"/files", b"/v1/batches", b"/batches", b"/v1/responses", b"/responses",
+            b"/v1/images/", b"/images/")
+HANDOFF_TIMEOUT = 1.0
 
 
 def peer_path(rundir: str, index: int) -> str:
@@ -48,6 +65,7 @@ class Worker:
         self.server = None
         self.view = None
         self.publisher = None  # the figures socket's asyncio Server (kept: a collected one stops listening)
+        self.state_sock = None  # worker 0: where the others hand connections over
 
     def start(self, loop, server, drain, reload) -> None:
         """Called by serve() before the loop runs: commands, the figures socket, the whole-server routes."""
@@ -74,6 +92,76 @@ class Worker:
         self.view = View(app)
         for route in ROUTES:
             app.router.add("GET", route, self.answer)
+        if self.count > 1:
+            if self.index == 0:
+                self._adopt_from(loop, os.path.join(self.rundir, "state.sock"))
+            else:
+                server.handoff = self.handoff
+
+    # ------------------------------------------------------------------ stateful requests to worker 0
+    def handoff(self, conn, target: bytes) -> bool:
+        """A connection whose request (head just parsed) is for worker 0's state: send it there."""
+        if not target.startswith(STATEFUL) or conn.transport.get_extra_info("sslcontext") is not None:
+            return False
+        sock = conn.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        data = bytes(conn.buf)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+                peer.settimeout(HANDOFF_TIMEOUT)
+                peer.connect(os.path.join(self.rundir, "state.sock"))
+                socket.send_fds(peer, [struct.pack("!I", len(data))], [sock.fileno()])
+                peer.sendall(data)
+                if peer.recv(1) != b"k":  # worker 0 holds the socket now
+                    return False
+        except OSError as exc:
+            log.debug("handoff to worker 0 failed (%r): serving %s here", exc, target[:80])
+            return False
+        conn.buf.clear()
+        conn.closed = True  # nothing more from this side: no answer, no timeout sweep
+        self.server.connections.discard(conn)
+        conn.transport.close()  # our descriptor only: the stream lives on in worker 0
+        return True
+
+    def _adopt_from(self, loop, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(256)
+        listener.setblocking(False)
+        self.state_sock = listener
+        loop.add_reader(listener.fileno(), self._adopt, loop)
+
+    def _adopt(self, loop) -> None:
+        try:
+            peer, _ = self.state_sock.accept()
+        except OSError:
+            return
+        fds = []
+        try:
+            with peer:
+                peer.settimeout(HANDOFF_TIMEOUT)  # the sender wrote everything already: this does not wait
+                head, fds, _, _ = socket.recv_fds(peer, 4, 1)
+                if len(head) != 4 or len(fds) != 1:
+                    raise OSError("malformed handoff")
+                size = struct.unpack("!I", head)[0]
+                data = bytearray()
+                while len(data) < size:
+                    chunk = peer.recv(min(size - len(data), 1 << 20))
+                    if not chunk:
+                        raise OSError("handoff cut short")
+                    data += chunk
+                sock = socket.socket(fileno=fds.pop())
+                peer.sendall(b"k")
+        except OSError as exc:
+            log.warning("a connection handed over by another worker was lost: %r", exc)
+            for fd in fds:
+                os.close(fd)
+            return
+        sock.setblocking(False)
+        loop.create_task(loop.connect_accepted_socket(lambda: _Adopted(self.server, bytes(data)), sock))
 
     def dump(self) -> dict:
         return cluster.dump(self.server.app, self.server.stats())
@@ -96,6 +184,22 @@ class Worker:
         except (OSError, asyncio.TimeoutError, pickle.UnpicklingError, EOFError) as exc:
             log.debug("no figures from %s: %r", path, exc)  # down, restarting or stuck: not counted
             return None
+
+
+class _Adopted(HttpProtocol):
+    """A connection another worker accepted: the bytes it had read come first."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, server, prefix: bytes):
+        super().__init__(server)
+        self.prefix = prefix
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        prefix, self.prefix = self.prefix, b""
+        if prefix:
+            self.data_received(prefix)
 
 
 class _Publish(asyncio.Protocol):
