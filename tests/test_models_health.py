@@ -111,6 +111,7 @@ def test_unexpected_exception_is_500_and_logged(caplog):
         rid_counter = 0
         now = 0.0
         extra_headers = None
+        handoff = None
         app = types.SimpleNamespace(policy=types.SimpleNamespace(active=False))  # the dispatch asks app.policy
 
         def on_response(self, *a):
