@@ -19,6 +19,10 @@
 #   per-token terms are distinct for distinct (token, position); the block
 #   sums are independent of each other (this twin computes them with numpy
 #   in one vectorised pass), only the short chain over blocks is sequential.
+#   block_hashes(tokens, parent) continues a chain: h_{-1} = parent (a block
+#   hash), so hashing a prompt in pieces, each piece starting on a block
+#   boundary after the last hash of the one before, gives the same hashes as
+#   hashing it whole (engine/kv.py's prefix memo resumes prompts that way).
 #
 # * A worker is a block table {hash: [parent hash (0 = root), refcount]} of at
 #   most capacity_blocks blocks. A block is pinned while a running request
@@ -40,6 +44,15 @@
 #   Dynamo's "potential active blocks", so a hot prefix shared by running
 #   requests is counted once, not held against the worker that holds it);
 #   lowest cost wins, ties -> fewer cached blocks, then lowest index.
+# * A request's prompts in one call (the server's request path):
+#   admit_prompts(prompts, now, tally) admits each (n_tokens, hashes) in turn
+#   as admit() does -> (cached tokens, query tokens, handles), a prompt's
+#   cached tokens being its matched blocks' tokens capped at n_tokens - 1
+#   (its last token is always computed: vLLM recomputes it when every block
+#   hit), and adds [prompts, prompts with a hit, query tokens, cached tokens]
+#   into `tally` (a list, the caller's counters) when given; a bad prompt
+#   raises after the ones before it were admitted, as successive admit calls
+#   would. release_all(handles, now) releases each as release() does.
 # * Events (only while record_events is set; it starts off, as nobody may be
 #   draining them) are tuples
 #   ("BlockStored", worker, [hashes], parent or None, token_count),
@@ -80,6 +93,14 @@ def check_config(num_workers, capacity_blocks, block_size, ttl_ns, overlap_weigh
     if not (isfinite(overlap_weight) and overlap_weight >= 0):
         raise ValueError(f"overlap_weight must be a finite number >= 0, got {overlap_weight}")
     return num_workers, capacity_blocks, block_size, ttl_ns, overlap_weight
+
+
+def check_parent(parent):
+    """block_hashes' `parent` (a block hash: an int in 1..2**64-1, __index__ types too) as an int."""
+    parent = index(parent)
+    if not 0 < parent <= MASK:
+        raise ValueError(f"parent must be a block hash (1..2**64-1), got {parent}")
+    return parent
 
 
 def hash_array(hashes):
@@ -175,14 +196,14 @@ class KVCache:
     block_size = property(lambda self: self._block_size)
 
     # ------------------------------------------------------------------ hashing
-    def block_hashes(self, tokens):
+    def block_hashes(self, tokens, parent=None):
+        h = ROOT if parent is None else check_parent(parent)
         bs = self._block_size
         tok = _token_array(tokens)
         n = len(tok) // bs
         out = array("Q")
         if n:
             x = tok[:n * bs].astype(np.uint64).reshape(n, bs) | (np.arange(bs, dtype=np.uint64) << _S32)
-            h = ROOT
             for d in _fmix_np(x).sum(axis=1, dtype=np.uint64).tolist():
                 h = _fmix((h * CHAIN + d) & MASK) or 1
                 out.append(h)
@@ -263,6 +284,26 @@ class KVCache:
         self._requests[handle] = (wi, held)
         return handle, wi, matched
 
+    def admit_prompts(self, prompts, now_ns, tally=None):
+        bs = self._block_size
+        cached = query = hits = 0
+        handles = []
+        for n_tokens, hashes in prompts:
+            handle, _, matched = self.admit(hashes, n_tokens, now_ns)
+            handles.append(handle)
+            n = index(n_tokens)
+            query += n
+            c = min(matched, max(n - 1, 0) // bs)
+            if c:
+                cached += c * bs
+                hits += 1
+        if tally is not None:
+            tally[0] += len(handles)
+            tally[1] += hits
+            tally[2] += query
+            tally[3] += cached
+        return cached, query, handles
+
     def release(self, handle, now_ns):
         now_ns = index(now_ns)
         req = self._requests.pop(handle, None)
@@ -278,6 +319,10 @@ class KVCache:
             if b[1] == 0:
                 free[h] = now_ns
                 w.pinned -= 1
+
+    def release_all(self, handles, now_ns):
+        for handle in handles:
+            self.release(handle, now_ns)
 
     # ------------------------------------------------------------------ removal
     def _expire(self, now_ns):

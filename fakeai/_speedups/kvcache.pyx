@@ -9,7 +9,8 @@
 #   buffer (list/tuple items through Cython's int conversion; array.array
 #   and numpy arrays through the buffer protocol when their format is a native
 #   integer; anything else through list()), then hashed in a plain C loop into
-#   a new array('Q'), which route/admit take back without conversion.
+#   a new array('Q'), which route/admit take back without conversion; the
+#   chain starts at ROOT, or after `parent` when one is given.
 # * Each worker owns C arrays only:
 #   - blocks: Block structs {hash, parent, last_use, ref, prev, next}, grown by
 #     doubling up to capacity_blocks; a removed block's slot goes on a free-slot
@@ -20,12 +21,20 @@
 #   - an intrusive doubly-linked LRU list of the unpinned blocks (prev/next),
 #     head = least recently used.
 #   A slot index stays valid while its block is pinned, so a request keeps the
-#   slots it pins (a C array in a _Request) and release() needs no lookups.
+#   slots it pins (a C array in a _Request) and release() needs no lookups;
+#   routing records the slots it matched on the best worker so far (two
+#   reusable buffers, swapped when a worker becomes the best), so admit pins
+#   the matched prefix without looking it up again.
 # * Events and the cold paths (clear, snapshot, stats, state) build Python
 #   objects; the hot paths (hash, route, admit, release) allocate only the
-#   result array or tuple and, in admit, the request with its slot array.
+#   result array or tuple and, in admit, the request (from a freelist) with
+#   its slot array. admit_prompts / release_all do a request's prompts in one
+#   call (the server's request path): no Python-level loop, and the caller's
+#   tally list is added to in C.
 # * Int arguments go through __index__ (a float is a TypeError, as in the
-#   twin) and are checked before anything changes.
+#   twin) and are checked before anything changes (admit_prompts: before each
+#   prompt's admission, as successive admit calls would).
+cimport cython
 from cpython.array cimport array, clone
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_FORMAT, PyBUF_C_CONTIGUOUS
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -38,7 +47,7 @@ from libc.string cimport memset
 
 import numpy as _np
 
-from fakeai._speedups._kvcache_py import TOKEN_LIMIT, chains, check_config, hash_array
+from fakeai._speedups._kvcache_py import TOKEN_LIMIT, chains, check_config, check_parent, hash_array
 
 cdef uint64_t ROOT = 0x9E3779B97F4A7C15ULL
 cdef uint64_t CHAIN = 0xBF58476D1CE4E5B9ULL
@@ -213,6 +222,7 @@ cdef inline int64_t _int64(object x) except? -1:
     return PyNumber_Index(x)
 
 
+@cython.freelist(64)
 cdef class _Request:
     cdef int worker
     cdef Py_ssize_t n
@@ -235,10 +245,14 @@ cdef class KVCache:
     cdef list events
     cdef uint32_t* scratch    # tokens of the last block_hashes call
     cdef Py_ssize_t scratch_cap
+    cdef int32_t* found       # _route: the slots matched on the best worker so far
+    cdef int32_t* probe       # _route: the slots matched on the worker being scored
+    cdef Py_ssize_t found_cap
 
     def __cinit__(self):
         self.workers = NULL
         self.scratch = NULL
+        self.found = self.probe = NULL
 
     def __init__(self, num_workers, capacity_blocks, block_size, ttl_ns=0, overlap_weight=1.0):
         cdef int i
@@ -264,6 +278,8 @@ cdef class KVCache:
                 PyMem_Free(self.workers[i].table)
             PyMem_Free(self.workers)
         PyMem_Free(self.scratch)
+        PyMem_Free(self.found)
+        PyMem_Free(self.probe)
 
     # ------------------------------------------------------------------ hashing
     cdef uint32_t* _scratch(self, Py_ssize_t n) except NULL:
@@ -338,11 +354,11 @@ cdef class KVCache:
             raise ValueError(_TOKEN_RANGE) from None
         return n
 
-    def block_hashes(self, tokens):
+    def block_hashes(self, tokens, parent=None):
         cdef Py_ssize_t n = -1, nblocks, i, j
         cdef Py_ssize_t bs = self.block_size
         cdef uint32_t* tok
-        cdef uint64_t h = ROOT, d
+        cdef uint64_t h = ROOT if parent is None else <uint64_t>check_parent(parent), d
         cdef uint64_t* out
         cdef array res
         if isinstance(tokens, (array, _np.ndarray)):
@@ -364,20 +380,39 @@ cdef class KVCache:
         return res
 
     # ------------------------------------------------------------------ routing and pinning
+    cdef int _route_buffers(self, Py_ssize_t n) except -1:
+        cdef int32_t* a
+        cdef int32_t* b
+        if n > self.found_cap or self.found == NULL:
+            a = <int32_t*>PyMem_Realloc(self.found, (n if n > 0 else 1) * sizeof(int32_t))
+            if a == NULL:
+                raise MemoryError()
+            self.found = a
+            b = <int32_t*>PyMem_Realloc(self.probe, (n if n > 0 else 1) * sizeof(int32_t))
+            if b == NULL:
+                raise MemoryError()
+            self.probe, self.found_cap = b, n
+        return 0
+
     cdef int _route(self, const uint64_t* hs, Py_ssize_t n, Py_ssize_t* matched) noexcept:
+        """The best worker for hs; its matched slots are left in self.found (call _route_buffers(n) first)."""
         cdef int wi, best = -1
         cdef Py_ssize_t m, held
         cdef int32_t s
+        cdef int32_t* tmp
+        cdef int32_t* probe
         cdef double cost, best_cost = 0
         cdef int32_t best_cached = 0
         cdef Worker* w
         for wi in range(self.num_workers):
             w = &self.workers[wi]
+            probe = self.probe
             m = held = 0
             while m < n:
                 s = _lookup(w, hs[m])
                 if s < 0:
                     break
+                probe[m] = s
                 if w.blocks[s].ref > 0:
                     held += 1
                 m += 1
@@ -385,6 +420,8 @@ cdef class KVCache:
             cost = cost + <double>(w.pinned + n - held)
             if best < 0 or cost < best_cost or (cost == best_cost and w.cached < best_cached):
                 best, best_cost, best_cached, matched[0] = wi, cost, w.cached, m
+                tmp = self.found
+                self.found, self.probe = self.probe, tmp
         return best
 
     def route(self, hashes, now_ns):
@@ -392,6 +429,7 @@ cdef class KVCache:
         cdef Py_ssize_t matched = 0
         cdef int wi
         self._expire(_int64(now_ns))
+        self._route_buffers(len(hs))
         wi = self._route(<uint64_t*>hs.data.as_ulonglongs, len(hs), &matched)
         return wi, matched
 
@@ -427,11 +465,41 @@ cdef class KVCache:
         return s
 
     def admit(self, hashes, n_tokens, now_ns):
+        cdef int wi = 0
+        cdef Py_ssize_t matched = 0
+        handle = self._admit(hashes, n_tokens, _int64(now_ns), &wi, &matched)
+        return handle, wi, matched
+
+    def admit_prompts(self, prompts, now_ns, tally=None):
+        cdef int64_t now = _int64(now_ns), n, cached = 0, query = 0, hits = 0, c
+        cdef int wi = 0
+        cdef Py_ssize_t matched = 0
+        cdef list handles = []
+        for n_tokens, hashes in prompts:
+            handles.append(self._admit(hashes, n_tokens, now, &wi, &matched))
+            n = _int64(n_tokens)
+            query += n
+            c = (n - 1) // self.block_size if n > 0 else 0
+            if matched < c:
+                c = matched
+            if c:
+                cached += c * self.block_size
+                hits += 1
+        if tally is not None:
+            tally[0] += len(handles)
+            tally[1] += hits
+            tally[2] += query
+            tally[3] += cached
+        return cached, query, handles
+
+    cdef object _admit(self, object hashes, object n_tokens, int64_t now, int* wi_out, Py_ssize_t* matched_out):
         cdef array hs = _hashes(hashes)
         cdef const uint64_t* p = <uint64_t*>hs.data.as_ulonglongs
         cdef Py_ssize_t n = len(hs), i, matched = 0
+        cdef Py_ssize_t k
         cdef int wi
-        cdef int32_t s
+        cdef int32_t s, newly_pinned = 0
+        cdef int32_t* slots
         cdef Worker* w
         cdef Block* b
         cdef _Request req
@@ -442,17 +510,30 @@ cdef class KVCache:
         cdef int64_t ntok = _int64(n_tokens)
         if ntok < 0:
             raise ValueError(f"n_tokens must be >= 0, got {ntok}")
-        self._expire(_int64(now_ns))
+        self._expire(now)
+        self._route_buffers(n)
         wi = self._route(p, n, &matched)
         w = &self.workers[wi]
         req = _Request.__new__(_Request)
         req.worker = wi
-        req.slots = <int32_t*>PyMem_Malloc((n if n > 0 else 1) * sizeof(int32_t))
-        if req.slots == NULL:
+        req.slots = slots = <int32_t*>PyMem_Malloc((n if n > 0 else 1) * sizeof(int32_t))
+        if slots == NULL:
             raise MemoryError()
         w.active += 1
         w.tokens += ntok
-        for i in range(n):
+        for i in range(matched):            # the matched prefix: slots known from routing
+            s = self.found[i]
+            b = &w.blocks[s]
+            if b.ref == 0:
+                _lru_unlink(w, s)
+                newly_pinned += 1
+            b.ref += 1
+            slots[i] = s
+        w.pinned += newly_pinned
+        k = matched
+        if matched:
+            prev = p[matched - 1]
+        for i in range(matched, n):
             s = _lookup(w, p[i])
             if s >= 0:
                 b = &w.blocks[s]
@@ -473,9 +554,10 @@ cdef class KVCache:
                     if not stored:
                         first_parent = prev
                     stored.append(p[i])
-            req.slots[req.n] = s
-            req.n += 1
+            slots[k] = s
+            k += 1
             prev = p[i]
+        req.n = k
         if rec:
             if evicted:
                 self.events.append(("BlockRemoved", wi, evicted))
@@ -485,25 +567,39 @@ cdef class KVCache:
         handle = self.next_handle
         self.next_handle += 1
         self.requests[handle] = req
-        return handle, wi, matched
+        wi_out[0], matched_out[0] = wi, matched
+        return handle
 
     def release(self, handle, now_ns):
+        self._release(handle, _int64(now_ns))
+
+    def release_all(self, handles, now_ns):
         cdef int64_t now = _int64(now_ns)
+        for handle in handles:
+            self._release(handle, now)
+
+    cdef int _release(self, object handle, int64_t now) except -1:
         cdef _Request req = self.requests.pop(handle, None)
         cdef Worker* w
         cdef Block* b
         cdef Py_ssize_t i
+        cdef int32_t s, unpinned = 0
+        cdef const int32_t* slots
         if req is None:
-            return
+            return 0
         w = &self.workers[req.worker]
         w.active -= 1
+        slots = req.slots
         for i in range(req.n - 1, -1, -1):
-            b = &w.blocks[req.slots[i]]
+            s = slots[i]
+            b = &w.blocks[s]
             b.ref -= 1
             if b.ref == 0:
                 b.last_use = now
-                _lru_append(w, req.slots[i])
-                w.pinned -= 1
+                _lru_append(w, s)
+                unpinned += 1
+        w.pinned -= unpinned
+        return 0
 
     # ------------------------------------------------------------------ removal
     cdef Py_ssize_t _expire(self, int64_t now_ns) except -1:

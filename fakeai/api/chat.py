@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import os
 import zlib
-from array import array
 
 import orjson
 
@@ -63,17 +62,22 @@ def audio_tokens(data_b64: str) -> int:
 _START, _MSG, _END, _NAME, _PRIME = range(0x7FFFFF00, 0x7FFFFF05)
 
 
-def count_prompt(app, messages, encoding, tools=None, ids=None) -> tuple[int, int]:
+def count_prompt(app, messages, encoding, tools=None, segments=None) -> tuple[int, int]:
     """-> (prompt_tokens, audio_tokens); validates the messages on the way.
 
-    With `ids` (an array('I')), also renders the prompt's token ids into it, as
-    the KV cache sees them: per message <start> role <message> content <end>
-    (+ <name> name), tools first (they live in the system prompt), 3 priming
-    tokens last; images, audio and files as runs of ids derived from their
-    content. len(ids) == prompt_tokens by construction.
+    With `segments` (a list), also renders the prompt into it as the KV cache
+    sees it (engine/kv.py `prompt_hashes`): one segment (a tuple of parts) for
+    the tools (they live in the system prompt), one per message: <start> role
+    <message> content <end> (+ <name> name), the last one followed by the 3
+    priming tokens (so a turn's segments, bar its last, start the next turn's).
+    Text stays text (the KV layer tokenizes it when its memo does not know the
+    prefix), special tokens are ints, images, audio and files runs of ids
+    (ranges) derived from their content. The rendering has prompt_tokens ids
+    by construction.
     """
     tok = app.tokenizer
-    if ids is None:
+    parts = None  # with segments: the segment being rendered
+    if segments is None:
         def text(s):
             return tok.count(s, encoding)
 
@@ -83,18 +87,19 @@ def count_prompt(app, messages, encoding, tools=None, ids=None) -> tuple[int, in
         def opaque(key: bytes, n: int):
             return n
     else:
+        parts = []
+
         def text(s):
-            a = tok.ids(s, encoding)
-            ids.extend(a)
-            return len(a)
+            parts.append(s)
+            return tok.count(s, encoding)
 
         def special(*codes):
-            ids.extend(codes)
+            parts.extend(codes)
             return len(codes)
 
         def opaque(key: bytes, n: int):
             base = 0x40000000 | (zlib.crc32(key) & 0x3FFFFFFF)
-            ids.extend(range(base, base + n))
+            parts.append(range(base, base + n))
             return n
     if type(messages) is not list:
         raise C.type_error("messages", "an array", messages)
@@ -108,6 +113,9 @@ def count_prompt(app, messages, encoding, tools=None, ids=None) -> tuple[int, in
         total += text(to_json(tools, "tools"))
     audio = 0
     for i, m in enumerate(messages):
+        if parts:  # the tools or the previous message end a segment
+            segments.append(tuple(parts))
+            parts.clear()
         if type(m) is not dict:
             raise C.type_error(f"messages[{i}]", "an object", m)
         role = m.get("role")
@@ -167,6 +175,8 @@ def count_prompt(app, messages, encoding, tools=None, ids=None) -> tuple[int, in
             total += text(to_json(calls, f"messages[{i}].tool_calls"))
         total += special(_END)
     total += special(_START, _PRIME, _MSG)
+    if parts is not None:  # the last message and the priming tokens
+        segments.append(tuple(parts))
     return total, audio
 
 
@@ -205,15 +215,15 @@ def create(app, req):
         messages = safety.with_safety_message(messages)
     kv = app.kv
     # a prompt of N tokens takes more than N bytes of JSON: below min_tokens_for_cache bytes, count only (and
-    # render the ids afterwards in the rare case images or audio made it eligible), else both in one pass
-    ids = array("I") if kv.caching and len(req.body) >= kv.min_tokens else None
-    prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools, ids)
+    # render the segments afterwards in the rare case images or audio made it eligible), else both in one pass
+    segments = [] if kv.caching and len(req.body) >= kv.min_tokens else None
+    prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools, segments)
     kv_prompts = ()
     if kv.eligible(prompt_tokens):
-        if ids is None:
-            ids = array("I")
-            count_prompt(app, messages, info.encoding, tools, ids)
-        kv_prompts = (ids,)
+        if segments is None:
+            segments = []
+            count_prompt(app, messages, info.encoding, tools, segments)
+        kv_prompts = (kv.prompt_hashes(app.tokenizer, info.encoding, segments),)
     rng = C.make_rng(seed, model, messages)
     choices = C.plan_lengths(app, info, body, prompt_tokens, n, rng)
     refused = app.policy.safety and app.policy.refuse(messages)

@@ -16,7 +16,7 @@ import zlib
 
 import orjson
 
-from fakeai.engine.generation import Deferred, release_kv
+from fakeai.engine.generation import Deferred
 from fakeai.engine.latency import timing_requested
 from fakeai.engine.textgen import apply_stop
 from fakeai.server.response import JSON, ApiError, Response
@@ -256,7 +256,7 @@ def deliver(app, req, resp, plan, steps, timing, span=None):
     (`span`: that token's offset from the first in ITLs, when not steps - 1)."""
     if plan.instant and app.slots.free and not timing:
         if plan.kv:
-            release_kv(app, plan)
+            app.kv.release(plan)
         app.metrics.instant(plan.metrics, req.t0_ns)
         if req.policy is not None:  # the rate limiter's charge, corrected now that the answer is complete
             req.policy.settle(steps)
@@ -268,8 +268,9 @@ def admit_check(app, req, body, model, prompt_tokens, kv_prompts=(), choices=())
     """Queue room (429 when full), the KV cache lookups, the request's latency plan, whether it wants the
     timing record -> (plan, timing, cached_tokens).
 
-    `kv_prompts`: the token ids of each prompt eligible for prefix caching (engine/kv.py); their blocks are
-    pinned until the request ends and only the uncached tokens are charged prefill time.
+    `kv_prompts`: (tokens, block hashes) of each prompt eligible for prefix caching (engine/kv.py
+    `prompt_hashes` / `token_hashes`); their blocks are pinned until the request ends and only the uncached
+    tokens are charged prefill time.
     `choices`: the planned (start, pieces, finish_reason) of each choice, for the metrics (generated tokens,
     finish reason) and the rate limits' token estimate; none for endpoints that generate no tokens
     (embeddings, images, speech). The request is recorded per model from here on (plan.metrics, fakeai/metrics/).
@@ -280,12 +281,7 @@ def admit_check(app, req, body, model, prompt_tokens, kv_prompts=(), choices=())
     cached = query = 0
     handles = None
     if kv_prompts:
-        handles = []
-        for tokens in kv_prompts:
-            c, h = app.kv.lookup(tokens, req.path)
-            cached += c
-            query += len(tokens)
-            handles.append(h)
+        cached, query, handles = app.kv.admit(kv_prompts, req.path)
     plan = app.latency.plan(model, prompt_tokens - cached)
     plan.kv = handles
     plan.metrics = app.metrics.begin(model, prompt_tokens, cached, query, choices, body.get("stream") is True)

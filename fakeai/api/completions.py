@@ -95,10 +95,13 @@ def create(app, req):
         pt += suffix_tokens
         prompt_total += pt
         if app.kv.eligible(pt):  # each prompt is its own request to the engine, as vLLM serves a batch
-            kv_ids = array("I", ids) if ids is not None else array("I", tok.ids(text, enc))
-            if suffix_tokens:
-                kv_ids.extend(tok.ids(suffix, enc))
-            kv_prompts.append(kv_ids)
+            if ids is None:
+                kv_prompts.append(app.kv.prompt_hashes(tok, enc, ((text, suffix) if suffix_tokens else (text,),)))
+            else:
+                kv_ids = array("I", ids)
+                if suffix_tokens:
+                    kv_ids.extend(tok.ids(suffix, enc))
+                kv_prompts.append(app.kv.token_hashes(kv_ids))
         for start, pieces, finish in C.plan_lengths(app, info, body, pt, n, rng, param="prompt"):
             choices.append((start, pieces, finish))
             echo_texts.append(text if echo else "")

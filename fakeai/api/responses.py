@@ -2,8 +2,8 @@
 
 Strategy. A request is read into two views of one conversation: the input
 *items* as OpenAI lists them back (`input_items`, with ids) and the same turns
-as chat messages, so chat's `count_prompt` counts the prompt and renders its
-KV-cache token ids (one accounting for both APIs). The prompt is the
+as chat messages, so chat's `count_prompt` counts the prompt and renders it for
+the KV cache (one accounting for both APIs). The prompt is the
 instructions (a developer message; they never carry over), then the context of
 the `previous_response_id` chain, then this input; a stored response keeps that
 context plus its own output as messages, so a conversation's input tokens grow
@@ -35,7 +35,6 @@ import asyncio
 import base64
 import bisect
 import os
-from array import array
 from dataclasses import dataclass
 
 import orjson
@@ -343,9 +342,9 @@ def _text_of(message) -> str:
     return " ".join(p["text"] for p in content or () if p.get("type") == "text")
 
 
-def _count(app, info, instructions, history, tools, ids=None) -> int:
+def _count(app, info, instructions, history, tools, segments=None) -> int:
     msgs = [{"role": "developer", "content": instructions}] + history if instructions else history
-    return chat.count_prompt(app, msgs, info.encoding, tools or None, ids)[0]
+    return chat.count_prompt(app, msgs, info.encoding, tools or None, segments)[0]
 
 
 def _fit(app, info, instructions, history, tools, max_out, truncation):
@@ -824,9 +823,9 @@ def create(app, store: Store, req):
                 ph.logprobs(app, rng, top_k)
     kv_prompts = ()
     if app.kv.eligible(prompt_tokens):
-        ids = array("I")
-        _count(app, info, instructions, history, tools, ids)
-        kv_prompts = (ids,)
+        segments = []
+        _count(app, info, instructions, history, tools, segments)
+        kv_prompts = (app.kv.prompt_hashes(app.tokenizer, info.encoding, segments),)
     steps = sum(ph.n for ph in phases)
     finish = "length" if not complete else "tool_calls" if any(type(ph) is _FunctionCall for ph in phases) else "stop"
     plan, timing, cached = C.admit_check(app, req, body, model, prompt_tokens, kv_prompts,

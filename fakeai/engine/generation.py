@@ -49,13 +49,6 @@ def timing_json(t0, plan, targets, actuals) -> bytes:
     }, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def release_kv(app, plan) -> None:
-    """Unpin the request's KV blocks (once)."""
-    handles, plan.kv = plan.kv, None
-    for h in handles:
-        app.kv.release(h)
-
-
 class _Job(Stream):
     """Shared by both: slot admission, the app hooks (metrics: app.metrics.enter / leave), cancellation state."""
 
@@ -107,7 +100,7 @@ class _Job(Stream):
         elif not self.cancelled:
             self.app.slots.discard(self)
         if self.plan.kv:
-            release_kv(self.app, self.plan)
+            self.app.kv.release(self.plan)
 
     def cancel(self):
         if self.handle is not None:

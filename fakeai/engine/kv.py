@@ -15,20 +15,50 @@ KV-aware router live in the compiled `kvcache` speedup (pure twin
   Dynamo counts potential active blocks), stored there and pinned until the
   request ends
   (`release`, called by the generation layer; a request pins its blocks
-  from acceptance, queued or running).
+  from acceptance, queued or running). `admit` takes all of a request's
+  prompts at once (a completions batch has several) and keeps the counters
+  per endpoint only (the totals are their sums).
 - cached_tokens = matched full blocks x block size, capped so the last prompt
   token is always computed (vLLM recomputes it when everything hit): never
-  above prompt_tokens - 1. Prefill time is charged on the rest only.
+  above prompt_tokens - 1 (the engine's `admit_prompts` applies the cap).
+  Prefill time is charged on the rest only.
 - Events (BlockStored / BlockRemoved / AllBlocksCleared) are recorded by the
   engine only while somebody subscribes (`/kv-cache/events`), and fanned out
   to subscribers after every state change; a subscriber starts from a
   snapshot, so applying what it receives in order rebuilds the exact state.
+- Prompt hashes come through a prefix memo (`prompt_hashes`): a prompt
+  arrives as segments (chat: one per message, as count_prompt renders it, text
+  kept as text; completions: the prompt text and its suffix), and the memo
+  is a trie: a known prefix maps each next segment to the longer prefix (its
+  token count, block hashes and tokens after its last full block). A prompt repeating a
+  known prefix (a shared system prompt, the earlier turns of a conversation)
+  renders and hashes only what follows it, resuming the hash chain there
+  (`block_hashes(tokens, parent)`), so the hashes are exactly those of the
+  whole prompt; a repeated prompt costs a dict lookup a segment. Keys compare
+  by content (text, ids), so the memo is exact; it is bounded (nodes, tokens
+  held: emptied when full) and emptied with the cache.
 """
 from __future__ import annotations
 
 import time
+from array import array
 
 from fakeai._speedups import load as load_speedup
+
+_MEMO_MAX_NODES = 1 << 15
+_MEMO_MAX_SIZE = 1 << 22  # segment tokens + block hashes the memo holds (a few tens of MB at most)
+_NO_HASHES = array("Q")
+
+
+class _Prefix:
+    """A prompt prefix the memo knows (its arrays are shared, never modified), a node of the memo's trie."""
+
+    __slots__ = ("prompt", "tail", "next")
+
+    def __init__(self, n, hashes, tail):
+        self.prompt = (n, hashes)  # its tokens, the hashes of its full blocks (an array('Q'))
+        self.tail = tail  # array('I'): its tokens after the last full block (fewer than a block)
+        self.next: dict[tuple, _Prefix] = {}  # segment -> this prefix followed by it
 
 
 class KVSim:
@@ -45,47 +75,82 @@ class KVSim:
             cfg.kv_overlap_weight) if self.enabled else None)
         self.subscribers: list = []  # callables taking a list of event dicts
         self.event_id = 0
+        self.roots: dict[str, _Prefix] = {}  # encoding -> the empty prefix, root of the memo's trie
+        self.memo_nodes = self.memo_size = 0
         self.reset_counters()
 
     def reset_counters(self) -> None:
-        self.lookups = self.lookup_hits = self.query_tokens = self.hit_tokens = 0
-        self.by_endpoint: dict[str, list[int]] = {}  # endpoint -> [lookups, hits]
+        self.by_endpoint: dict[str, list[int]] = {}  # endpoint -> [lookups, hits, query tokens, hit tokens]
 
     # ------------------------------------------------------------------ request path
     def eligible(self, prompt_tokens: int) -> bool:
         return self.caching and prompt_tokens >= self.min_tokens
 
-    def lookup(self, tokens, endpoint: str) -> tuple[int, int]:
-        """Route, store and pin one prompt's blocks -> (cached_tokens, handle). Call only when eligible."""
-        n = len(tokens)
-        engine = self.engine
-        handle, _worker, matched = engine.admit(engine.block_hashes(tokens), n, self.now_ns())
-        bs = self.block_size
-        cached = min(matched, (n - 1) // bs) * bs
-        self.lookups += 1
-        self.query_tokens += n
-        ep = self.by_endpoint.get(endpoint)
-        if ep is None:
-            ep = self.by_endpoint[endpoint] = [0, 0]
-        ep[0] += 1
-        if cached:
-            self.lookup_hits += 1
-            self.hit_tokens += cached
-            ep[1] += 1
+    def prompt_hashes(self, tokenizer, encoding: str, segments) -> tuple[int, array]:
+        """(tokens, block hashes) of a prompt given as segments, through the prefix memo.
+
+        A segment is a tuple of parts: a str (text: its ids are tokenizer.ids(text, encoding)), an int (one
+        token id) or a range (a run of ids). The returned array is shared with the memo: do not modify it.
+        """
+        node = self.roots.get(encoding) or self.roots.setdefault(encoding, _Prefix(0, _NO_HASHES, array("I")))
+        for seg in segments:
+            node = node.next.get(seg) or self._extend(node, seg, tokenizer, encoding)
+        return node.prompt
+
+    def _extend(self, node: _Prefix, seg: tuple, tokenizer, encoding: str) -> _Prefix:
+        """Memoize the prefix `node` followed by `seg`: its tokens rendered, the hash chain resumed after
+        node's blocks."""
+        tokens = array("I", node.tail)
+        for part in seg:
+            if type(part) is str:
+                tokens.extend(tokenizer.ids(part, encoding))
+            elif type(part) is int:
+                tokens.append(part)
+            else:
+                tokens.extend(part)
+        n, hashes = node.prompt
+        new = self.engine.block_hashes(tokens, hashes[-1] if hashes else None)
+        if new:
+            hashes = hashes + new
+        nxt = _Prefix(n + len(tokens) - len(node.tail), hashes, tokens[len(new) * self.block_size:])
+        grown = len(tokens) + (len(hashes) if new else 0)  # a prefix without new blocks shares its parent's array
+        if self.memo_nodes >= _MEMO_MAX_NODES or self.memo_size + grown > _MEMO_MAX_SIZE:
+            self.clear_memo()  # `node` may be cut off with the rest: what is added to it now is dropped with it
+        node.next[seg] = nxt
+        self.memo_nodes += 1
+        self.memo_size += grown
+        return nxt
+
+    def token_hashes(self, tokens) -> tuple[int, array]:
+        """(tokens, block hashes) of a prompt given as token ids (not memoized)."""
+        return len(tokens), self.engine.block_hashes(tokens)
+
+    def clear_memo(self) -> None:
+        self.roots.clear()
+        self.memo_nodes = self.memo_size = 0
+
+    def admit(self, prompts, endpoint: str) -> tuple[int, int, list]:
+        """Route, store and pin the blocks of each prompt ((tokens, block hashes), every one eligible)
+        -> (cached tokens, query tokens, handles to release)."""
+        tally = self.by_endpoint.get(endpoint) or self.by_endpoint.setdefault(endpoint, [0, 0, 0, 0])
+        res = self.engine.admit_prompts(prompts, self.now_ns(), tally)
         if self.subscribers:
             self.publish()
-        return cached, handle
+        return res
 
-    def release(self, handle: int) -> None:
-        self.engine.release(handle, self.now_ns())
+    def release(self, plan) -> None:
+        """Unpin the blocks a request's plan holds (plan.kv: admit's handles), once."""
+        self.engine.release_all(plan.kv, self.now_ns())
+        plan.kv = None
         if self.subscribers:
             self.publish()
 
     # ------------------------------------------------------------------ maintenance
     def clear(self) -> int:
-        """Drop every cached block no running request holds; -> blocks dropped."""
+        """Drop every cached block no running request holds (and the prompt memo); -> blocks dropped."""
         if self.engine is None:
             return 0
+        self.clear_memo()
         n = self.engine.clear()
         if self.subscribers:
             self.publish()
@@ -142,16 +207,16 @@ class KVSim:
         cached = sum(w["cached_blocks"] for w in stats)
         pinned = sum(w["pinned_blocks"] for w in stats)
         total = self.capacity * self.num_workers if self.enabled else 0
+        lookups, hits, query, hit_tokens = (sum(col) for col in zip(*self.by_endpoint.values(), (0, 0, 0, 0)))
         return {
             "enabled": self.enabled, "prompt_caching": self.caching, "block_size": self.block_size,
             "num_workers": self.num_workers if self.enabled else 0, "capacity_blocks": total,
             "cached_blocks": cached, "pinned_blocks": pinned,
             "usage_perc": pinned / total if total else 0.0,
-            "lookups": self.lookups, "lookup_hits": self.lookup_hits,
-            "query_tokens": self.query_tokens, "hit_tokens": self.hit_tokens,
-            "hit_rate": self.lookup_hits / self.lookups if self.lookups else 0.0,
-            "token_reuse_rate": self.hit_tokens / self.query_tokens if self.query_tokens else 0.0,
-            "avg_prefix_length": self.hit_tokens / self.lookup_hits if self.lookup_hits else 0.0,
+            "lookups": lookups, "lookup_hits": hits, "query_tokens": query, "hit_tokens": hit_tokens,
+            "hit_rate": hits / lookups if lookups else 0.0,
+            "token_reuse_rate": hit_tokens / query if query else 0.0,
+            "avg_prefix_length": hit_tokens / hits if hits else 0.0,
         }
 
     def metrics(self) -> dict:
@@ -165,7 +230,7 @@ class KVSim:
                 "avg_prefix_length": round(c["avg_prefix_length"], 2), "total_lookups": c["lookups"],
                 "cache_hits": c["lookup_hits"], "query_tokens": c["query_tokens"], "cached_tokens": c["hit_tokens"],
                 "by_endpoint": {ep: {"hit_rate": round(h / n, 6) if n else 0.0, "lookups": n, "hits": h}
-                                for ep, (n, h) in self.by_endpoint.items()},
+                                for ep, (n, h, _, _) in self.by_endpoint.items()},
             },
             "smart_router": {"worker_stats": {f"worker_{i}": w for i, w in enumerate(stats)}},
             "capacity": {"enabled": c["enabled"], "prompt_caching": c["prompt_caching"],
