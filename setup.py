@@ -9,7 +9,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["httpparse", "scheduler", "kvcache", "metricsbuf"]
+MODULES = ["httpparse", "scheduler", "kvcache", "metricsbuf", "policy"]
 
 
 class OptionalBuildExt(build_ext):

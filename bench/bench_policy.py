@@ -16,22 +16,21 @@
      `--enable-security` (input validation, injection detection, abuse tracking).
 2. In process, the CPU time of the whole HTTP path per request (parse, dispatch, policy, handler,
    response bytes; no socket, so no kernel time and no event-loop batching effects) for the chat
-   request wrk sends, per configuration and per part (auth, rate limits, security), best of 7 runs.
+   request wrk sends, per configuration and per part (auth, plain and hashed keys, rate limits,
+   security), best of --runs runs taken in turn (off, default, auth, ..., off, ...) so that machine
+   noise hits every configuration alike.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from .bench_metrics import server
+from .inproc import connection, cpu_us, post
 from .wrkrun import find_wrk, run_wrk
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-0000000000000000"  # the key bench/wrk/*.lua send
 CONFIGS = {
     "off": ["--cors-allowed-origins", ""],
@@ -77,59 +76,27 @@ def throughput(a) -> None:
             s.stop()
 
 
-class _Transport:
-    """Where HttpProtocol writes: nothing leaves the process."""
-
-    def write(self, data):
-        pass
-
-    def get_extra_info(self, name):
-        return ("127.0.0.1", 5555) if name == "peername" else None
-
-    def set_write_buffer_limits(self, **kw):
-        pass
-
-
 def path_time(a) -> None:
     import asyncio
 
-    sys.path.insert(0, str(REPO))
-    from fakeai import config as config_mod
-    from fakeai.app import App
-    from fakeai.server.http import HttpProtocol
-    from fakeai.server.serve import Server
-
     body = (b'{"model": "openai/gpt-oss-120b", "messages": [{"role": "user", "content": "Hello, how are you?"}], '
             b'"max_tokens": 16}')
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
-               b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    request = post("/v1/chat/completions", body, KEY)
     loop = asyncio.new_event_loop()
-    print("in process, CPU per chat request through the whole HTTP path (parse, dispatch, policy, handler, response "
-          "bytes; no socket), best of 7:")
-    off = None
-    for name, cli in (("off", {"cors_allowed_origins": []}), ("default (CORS, no Origin sent)", {}),
-                      ("auth", {"cors_allowed_origins": [], "require_api_key": True, "api_keys": [KEY]}),
-                      ("rate limits", {"cors_allowed_origins": [], "rate_limit_enabled": True,
-                                       "rate_limit_rpm": 10 ** 9, "rate_limit_tpm": 10 ** 12}),
-                      ("security", {"cors_allowed_origins": [], "enable_security": True}),
-                      ("on (all three + CORS)", {"require_api_key": True, "api_keys": [KEY], "rate_limit_enabled": True,
-                                                 "rate_limit_rpm": 10 ** 9, "rate_limit_tpm": 10 ** 12,
-                                                 "enable_security": True})):
-        cfg = config_mod.build({"ttft_ms": 0, "itl_ms": 0, "access_log": False, **cli}, environ={})
-        conn = HttpProtocol(Server(cfg, App(cfg), loop))
-        conn.connection_made(_Transport())
-        for _ in range(1000):
-            conn.data_received(request)
-        gc.collect()
-        gc.freeze()  # the app's long-lived objects out of the collector's way, as in a warmed-up server
-        best = float("inf")
-        for _ in range(7):
-            t = time.process_time_ns()
-            for _ in range(a.iterations):
-                conn.data_received(request)
-            best = min(best, (time.process_time_ns() - t) / a.iterations / 1000)
-        off = off or best
-        print(f"  {name:<32} {best:6.2f} us ({100 * (best / off - 1):+5.1f}%)")
+    print(f"in process, CPU per chat request through the whole HTTP path (parse, dispatch, policy, handler, response "
+          f"bytes; no socket), best of {a.runs} runs taken in turn:")
+    keys = {"require_api_key": True, "api_keys": [KEY]}
+    limits = {"rate_limit_enabled": True, "rate_limit_rpm": 10 ** 9, "rate_limit_tpm": 10 ** 12}
+    configs = {"off": {"cors_allowed_origins": []}, "default (CORS, no Origin sent)": {},
+               "auth": {"cors_allowed_origins": [], **keys},
+               "auth, hashed keys": {"cors_allowed_origins": [], **keys, "hash_api_keys": True},
+               "rate limits": {"cors_allowed_origins": [], **limits},
+               "security": {"cors_allowed_origins": [], "enable_security": True},
+               "on (all three + CORS)": {**keys, **limits, "enable_security": True}}
+    conns = {name: connection(options, loop) for name, options in configs.items()}  # bench/inproc.py
+    best = cpu_us(conns, request, a.iterations, a.runs, warmup=1000)
+    for name, us in best.items():
+        print(f"  {name:<32} {us:6.2f} us ({us - best['off']:+5.2f} us, {100 * (us / best['off'] - 1):+5.1f}%)")
     loop.close()
 
 
@@ -139,6 +106,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=5000)
+    ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--only", choices=("throughput", "path"))
     a = ap.parse_args()
     if a.only != "throughput":

@@ -9,7 +9,7 @@ import importlib
 import os
 
 NO_EXTENSIONS = bool(os.environ.get("FAKEAI_NO_EXTENSIONS"))
-MODULES = ("httpparse", "scheduler", "kvcache", "metricsbuf")
+MODULES = ("httpparse", "scheduler", "kvcache", "metricsbuf", "policy")
 
 
 def pure(name):

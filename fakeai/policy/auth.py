@@ -1,22 +1,27 @@
-"""API keys: loading, and matching a presented key in constant time.
+"""API keys: loading, and matching a presented key.
 
 Strategy. `api_keys` entries are keys, or files of keys (an entry "@path", or the path of an
 existing file): one key per line, blank lines and `#` comments ignored. With `hash_api_keys` the
-store keeps only each key's SHA-256 digest; a presented key is hashed once and compared with every
-stored digest by hmac.compare_digest, with no early exit, so neither which key matched nor how
-much of one did shows in the time taken. Without hashing the plain keys are compared the same way.
-A store is immutable: a reload builds a new one and swaps it in (policy/core.py), so keys rotate
-without a restart. The matched entry (digest or key) is the caller's identity for rate limits.
+store keeps only each key's SHA-256 digest and a presented key is hashed once per request (no
+memo of raw keys: not keeping them is the point of the option). A presented key (or its digest)
+is one set lookup, which shows in its timing neither which key matched nor how much of one did:
+bytes are hashed whole with the interpreter's per-process random SipHash key, and compared only
+when the 64-bit hashes agree, so a wrong key costs the same whatever its common prefix with a
+stored one. (The store used to compare against every entry with hmac.compare_digest: the same
+property, at a cost per stored key.) A store is immutable: a reload builds a new one and swaps it
+in (policy/core.py), so keys rotate without a restart. The matched key (or digest) is the caller's
+identity for rate limits.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
+from hashlib import sha256
 
+from fakeai._speedups import load
 from fakeai.config import ConfigError
 from fakeai.server.response import ApiError
+
+presented_key = load("policy").presented_key  # compiled: fakeai/_speedups/policy.pyx
 
 _KEYS_URL = "https://platform.openai.com/account/api-keys"
 
@@ -37,26 +42,6 @@ def load_keys(entries) -> list[str]:
     return keys
 
 
-def presented_key(req) -> bytes | None:
-    """`Authorization: Bearer <key>` (or Basic with the key as password), else the `api-key` header."""
-    other = None
-    for k, v in req.headers:
-        if k == b"authorization":
-            scheme, _, token = v.strip().partition(b" ")
-            scheme = scheme.lower()
-            if scheme == b"bearer":
-                return token.strip()
-            if scheme == b"basic":
-                try:
-                    return base64.b64decode(token.strip(), validate=True).partition(b":")[2]
-                except ValueError:
-                    return None
-            return None
-        if k == b"api-key":
-            other = v.strip()
-    return other
-
-
 def masked(key: bytes) -> str:
     """The key as OpenAI quotes a wrong one: its start and its last four characters."""
     text = key.decode("latin-1")
@@ -66,23 +51,20 @@ def masked(key: bytes) -> str:
 
 
 class KeyStore:
-    __slots__ = ("hashed", "entries")
+    __slots__ = ("hashed", "entries", "index")
 
     def __init__(self, keys: list[str], hashed: bool):
         self.hashed = hashed
         raw = [k.encode("utf-8") for k in keys]
-        self.entries = tuple(hashlib.sha256(k).digest() for k in raw) if hashed else tuple(raw)
+        self.entries = tuple(sha256(k).digest() for k in raw) if hashed else tuple(raw)
+        self.index = frozenset(self.entries)
 
     def __len__(self):
         return len(self.entries)
 
     def match(self, key: bytes) -> bytes | None:
-        probe = hashlib.sha256(key).digest() if self.hashed else key
-        found = None
-        for entry in self.entries:
-            if hmac.compare_digest(entry, probe):
-                found = entry
-        return found
+        probe = sha256(key).digest() if self.hashed else key
+        return probe if probe in self.index else None
 
     def authenticate(self, req) -> bytes:
         """The caller's identity, or a 401 in OpenAI's words."""

@@ -21,19 +21,30 @@ otherwise, so with everything off the policy costs nothing. In order:
 `check` raises ApiError, or returns None (go on to the handler) or a result to send instead of
 calling the handler (the CORS preflight Response, the Stall of an injected timeout).
 Per-request response headers (CORS, x-ratelimit-*) go in `req.out_headers`; the transport adds
-them to the head. The chat handler applies refusals (`safety`, `refuse(messages)`) and the safety
+them to the head (the rate limiter also keeps them rendered in `req.out_head`, which the transport
+writes as is). The chat handler applies refusals (`safety`, `refuse(messages)`) and the safety
 message (`safety_message`, policy/safety.py); the moderation endpoint reads `moderation` and
 `threshold`.
 
+Cost. With everything on, the checks are a few dictionary lookups; they run compiled: `check` is
+Gate.check of fakeai/_speedups/policy.pyx (pure twin _policy_py.py), which this class extends. It
+takes the common path itself (an allowed key, a known-clean URL and body, the rate limiter's
+compiled buckets) and calls back here (preflight, violation, inspect, inject) or into the policy
+modules for everything else, which decide exactly as they would alone. So the issue's targets
+hold: nothing with everything off, a few percent of a chat request with auth, rate limits and
+security on (bench/bench_policy.py measures it).
+
 Every setting lives in this object and `reload(config)` re-reads them all (keys, limits,
-flags), keeping rate-limit buckets and abuse records, so a SIGHUP reload rotates keys and
-changes limits without a restart. `counters()` feeds the metrics layer.
+flags; the fields the compiled check reads are plain attributes set here), keeping rate-limit
+buckets and abuse records, so a SIGHUP reload rotates keys and changes limits without a
+restart, from the next request on. `counters()` feeds the metrics layer.
 """
 from __future__ import annotations
 
 import random
 import time
 
+from fakeai._speedups import load
 from fakeai.policy import faults, safety, security
 from fakeai.policy.auth import KeyStore, load_keys
 from fakeai.policy.cors import Cors
@@ -41,84 +52,20 @@ from fakeai.policy.ratelimit import RateLimiter
 from fakeai.server.response import ApiError
 
 _now = time.monotonic_ns
-OPEN, METRICS, OPS, API = range(4)
-_METRICS_PREFIXES = ("/metrics", "/prometheus/", "/dcgm/", "/kv-cache/metrics")
-_OPS_PREFIXES = ("/admin/", "/kv-cache/", "/reset_prefix_cache")
+_policy = load("policy")  # compiled: fakeai/_speedups/policy.pyx
+Ticket = _policy.Ticket
 COUNTERS = ("blocked_requests", "injection_attempts", "banned_ips", "validation_errors", "auth_failures",
             "rate_limited", "injected_errors")
 
 
-def path_kind(path: str) -> int:
-    if path == "/health" or path == "/v1/health" or path.startswith("/images/"):
-        return OPEN  # /images/{id}.png: OpenAI's image URLs are fetched without a key
-    if path.startswith(_METRICS_PREFIXES):
-        return METRICS
-    if path.startswith(_OPS_PREFIXES):
-        return OPS
-    return API
-
-
-class Ticket:
-    """One request's rate-limit charge and injected mid-stream failure."""
-
-    __slots__ = ("limiter", "bucket", "at", "charged", "prompt", "lens", "fault")
-
-    def __init__(self, limiter, bucket, at: int = 0):
-        self.limiter = limiter
-        self.bucket = bucket
-        self.at = at  # where this request's x-ratelimit-* headers start in req.out_headers
-        self.charged = 0
-        self.prompt = 0
-        self.lens = ()
-        self.fault = None  # (k tokens, ApiError, type) for a streaming request
-
-    def charge(self, req, model: str, prompt_tokens: int, body, choices) -> None:
-        """Take prompt tokens + the completion the request may produce (max_tokens per choice, else the plan)."""
-        bucket = self.bucket
-        if bucket is None:
-            return
-        cap = body.get("max_completion_tokens")
-        if cap is None:
-            cap = body.get("max_tokens")
-        lens = [len(pieces) for _, pieces, _ in choices]
-        estimate = prompt_tokens + (int(cap) * len(lens) if cap is not None else sum(lens))
-        limiter = self.limiter
-        limiter.take_tokens(bucket, estimate, model, _now())
-        self.charged, self.prompt, self.lens = estimate, prompt_tokens, lens
-        out, at = req.out_headers, self.at
-        out[at + 3], out[at + 5] = limiter.token_headers(bucket)
-
-    def settle(self, steps: int) -> None:
-        """The response ended after `steps` token steps: give back what the estimate over-charged."""
-        bucket, self.bucket = self.bucket, None
-        if bucket is None or not self.charged:
-            return
-        lens = self.lens
-        used = self.prompt + (min(steps, lens[0]) if len(lens) == 1 else sum(min(steps, n) for n in lens))
-        if used < self.charged:
-            self.limiter.give_back(bucket, self.charged - used)
-
-    def attach(self, stream) -> None:
-        """A TokenStream for this request: an injected mid-stream failure ends it after k tokens."""
-        if self.fault is None:
-            return
-        after, exc, kind = self.fault
-        event = faults.sse_event(exc)
-        count = stream.app.metrics.error  # an error event after a 200 head: the metrics' errors.by_type
-
-        def tail():
-            count(kind)
-            return [event]
-        stream.steps = min(stream.steps, after)
-        stream.tail = tail
-
-
-class Policy:
+class Policy(_policy.Gate):
     def __init__(self, app):
         self.app = app
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.limiter = None
         self.abuse = None
+        self.url_verdicts, self.body_verdicts = security.URL_VERDICTS, security.BODY_VERDICTS
+        self.body_longest = security.BODY_VERDICTS.longest
         self.reload(app.config)
 
     def reload(self, cfg) -> None:
@@ -126,6 +73,8 @@ class Policy:
         now = _now()
         security_on = cfg.enable_security
         self.keys = KeyStore(load_keys(cfg.api_keys), cfg.hash_api_keys) if cfg.require_api_key else None
+        store = self.keys  # the Gate reads its index and mode directly
+        self.key_index, self.key_hashed = (store.index, store.hashed) if store is not None else (None, False)
         if cfg.rate_limit_enabled:
             if self.limiter is None:
                 self.limiter = RateLimiter(cfg, now)
@@ -160,73 +109,27 @@ class Policy:
                           or self.injection)
         self.active = bool(self.cors or self.gated)
 
-    # ------------------------------------------------------------------ per request
-    def check(self, req):
-        cors = self.cors
-        if cors is not None:
-            origin = req.header(b"origin")
-            if origin is not None:
-                if req.method == "OPTIONS" and req.header(b"access-control-request-method") is not None:
-                    return self._refuse(req, "blocked_requests", cors.preflight, req, origin)
-                req.out_headers = cors.headers(origin)
-        if not self.gated:  # CORS alone (the default configuration): done
-            return None
-        kind = path_kind(req.path)
-        if kind == OPEN or (kind == METRICS and not self.protect_metrics):
-            return None
-        who = ip = req.client[0]
-        now = 0
-        limiter = self.limiter
-        counter = "blocked_requests"  # what a refusal at this stage counts as
+    # ------------------------------------------------------------------ per request (check: Gate)
+    def preflight(self, req, origin: bytes):
         try:
-            if self.abuse is not None:
-                now = _now()
-                self.abuse.refuse_banned(ip, now)
-            if self.keys is not None:
-                counter = "auth_failures"
-                who = self.keys.authenticate(req)
-            if kind != API:
-                return None
-            if limiter is not None:
-                counter = "rate_limited"
-                bucket = limiter.take_request(who, now or _now())
+            return self.cors.preflight(req, origin)
         except ApiError:
-            self.counts[counter] += 1
-            if counter == "auth_failures":
-                self._violation(req)
-            raise
-        if limiter is not None:
-            headers = limiter.headers(bucket)
-            if req.out_headers is None:
-                req.policy = Ticket(limiter, bucket)
-                req.out_headers = headers
-            else:
-                req.policy = Ticket(limiter, bucket, len(req.out_headers))
-                req.out_headers = req.out_headers + headers
-        if self.validation or self.detection:
-            self._inspect(req)
-        if self.injection:
-            return self._inject(req)
-        return None
-
-    def _refuse(self, req, counter: str, fn, *args, violation: bool = False):
-        """fn(*args); when it raises ApiError, count it (and the client's abuse violation) and re-raise."""
-        try:
-            return fn(*args)
-        except ApiError:
-            self.counts[counter] += 1
-            if violation:
-                self._violation(req)
+            self.counts["blocked_requests"] += 1
             raise
 
-    def _violation(self, req) -> None:
+    def violation(self, req) -> None:
         if self.abuse is not None:
             self.abuse.violation(req.client[0], _now())
 
-    def _inspect(self, req) -> None:
+    def inspect(self, req) -> None:
         data = None
         if self.validation:
-            data = self._refuse(req, "validation_errors", security.validate, req, violation=True)
+            try:
+                data = security.validate(req)
+            except ApiError:
+                self.counts["validation_errors"] += 1
+                self.violation(req)
+                raise
         elif req.body:
             try:
                 data = req.json()
@@ -238,11 +141,11 @@ class Policy:
                 kind, where = found
                 self.counts["injection_attempts"] += 1
                 self.counts["blocked_requests"] += 1
-                self._violation(req)
+                self.violation(req)
                 raise ApiError(400, f"The request was blocked by the server's security policy: possible "
                                     f"{kind.replace('_', ' ')} in '{where}'.", param=where, code="injection_detected")
 
-    def _inject(self, req):
+    def inject(self, req):
         if req.header(b"upgrade") is not None:  # WebSocket handshakes are not failed on purpose
             return None
         forced = req.header(b"x-fakeai-error")

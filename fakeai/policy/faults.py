@@ -12,12 +12,10 @@ then closes it (a Stream that never writes a head; a server shutdown closes it a
 Mid-stream failure: with `error_injection_mid_stream_tokens` = k (or the header
 `X-Fakeai-Error-After: k`), a streaming request chosen for an HTTP-status error gets its 200 and
 k tokens, then the error as an SSE event (`data: {"error": ...}`) and `data: [DONE]`. The
-generation layer applies it (policy/core.py Ticket.attach shortens the TokenStream and swaps its
-closing events).
+generation layer applies it (the request's Ticket, fakeai/_speedups/policy.pyx, shortens the
+TokenStream and swaps its closing events in `attach`).
 """
 from __future__ import annotations
-
-import orjson
 
 from fakeai.server.response import ApiError, Stream
 
@@ -62,10 +60,6 @@ def error(kind: str, window: int | None) -> ApiError:
     elif kind == "rate_limit":
         headers += [(b"retry-after", b"1"), (b"retry-after-ms", b"1000")]
     return ApiError(status, message, etype, param, code, headers)
-
-
-def sse_event(exc: ApiError) -> bytes:
-    return b"data: " + orjson.dumps(exc.payload()) + b"\n\n"
 
 
 class Stall(Stream):

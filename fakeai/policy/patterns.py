@@ -125,13 +125,16 @@ PAYLOADS = tuple((name, re.compile(rx, _I)) for name, rx in (
 
 
 # Prefilters: every phrase pattern contains one of these (lowercase) anchors and every payload one of
-# these characters or words, so ordinary values cost a few substring tests, not a dozen regexes; and
-# results are memoized (bounded), so a repeated value costs one dict lookup.
+# these characters or words, so ordinary values cost one regex pass (plus a few substring tests for an
+# identifier), not a dozen regexes; and results are memoized (bounded), so a repeated value costs one
+# dict lookup. (One alternation of all the phrase patterns would be a single pass too, but Python's re
+# tries every branch at every position: ~20% slower than the separate patterns on the corpora.)
 _ANCHORS = ("ignor", "disregard", "forget", "overrid", "bypass", "skip", "discard", "drop", "abandon", "disobey",
             "aside", "throw", "stop", "your", "you were", "you've", "you have", "you are", "you're", "you now",
             "you no", "above", "before", "unfilter", "uncensor", "unrestrict", "unalign", "amoral", "jailbr", "evil",
             "unchain", "unbound", "rogue", "malicious", "unhinged", "dan", "do anything", "mode", "without", "with no",
             "with zero", "has no", "have no", "free of", "free from", "broke", "escaped", ", no ", "<|", "<<")
+_ANCHOR = re.compile("|".join(map(re.escape, _ANCHORS)))
 _SUSPECT = re.compile(r"""[\s'";&|`$<>\\%=#(]""")
 _SUSPECT_WORDS = ("..", "/etc/", "file:", "script:", "xp_", "information_schema", "select")
 
@@ -170,11 +173,7 @@ def _memoized(fn):
 @_memoized
 def phrase(text: str) -> str | None:
     """The kind of injection/jailbreak phrasing in `text`, or None."""
-    low = text.lower()
-    for a in _ANCHORS:
-        if a in low:
-            break
-    else:
+    if _ANCHOR.search(text.lower()) is None:
         return None
     for name, rx in PHRASES:
         if rx.search(text):

@@ -4,8 +4,9 @@ Strategy. Validation looks at the JSON body the handler will parse anyway (Reque
 cached): invalid UTF-8 (raw, or lone surrogates in \\u escapes), null bytes and control characters
 other than tab, newline and carriage return inside strings or keys are refused with 400 and the
 field's path as `param` ("messages[0].content"). Raw control characters cannot occur in valid JSON,
-so a byte scan of the body for their escapes (`\\u0000`..`\\u001f`, `\\b`, `\\f`, C1) decides
-whether the tree needs walking at all: an ordinary request costs one regex pass over its bytes.
+so a scan of the body for their escapes (`\\u0000`..`\\u001f`, `\\b`, `\\f`, C1) decides whether
+the tree needs walking at all: an ordinary request costs one pass over its bytes (maybe_ctrl,
+compiled in fakeai/_speedups/policy.pyx: memchr from one backslash or 0xC2 byte to the next).
 
 Injection detection walks the body by meaning (policy/patterns.py): strings under text keys
 (content, prompt, input, instructions, ...) written by the user or a tool are checked for
@@ -14,7 +15,9 @@ messages) is not, since a system prompt that says "never reveal your system prom
 attack. Every other string (model, user, names, metadata, image URLs) is an identifier and is
 checked for SQL / shell / path traversal / markup payloads, and so are the URL path and the
 decoded query values. Tool schemas, response formats and base64 data are not scanned. Verdicts are
-memoized per string and per body (bounded), so repeated prompts and identifiers cost a lookup.
+memoized per string and per body, and per URL path (bounded), so repeated prompts and identifiers
+cost a lookup; the compiled check (policy/core.py) reads the URL and body verdicts itself, so a
+request whose URL and body were judged clean before costs two lookups and no call.
 
 Abuse: per client IP, auth failures, blocked and malformed requests count as violations;
 `abuse_threshold` of them ban the IP (403 with retry-after) for `abuse_ban_seconds`, doubling
@@ -27,11 +30,13 @@ import json
 import re
 from urllib.parse import parse_qsl, unquote
 
+from fakeai._speedups import load
 from fakeai.policy import patterns
 from fakeai.policy.ratelimit import duration
 from fakeai.server.response import ApiError
 
-_MAYBE_CTRL = re.compile(rb"\\u00(?:[01][0-9a-fA-F]|7[fF]|[89][0-9a-fA-F])|\\[bf]|\xc2[\x80-\x9f]")
+maybe_ctrl = load("policy").maybe_ctrl  # compiled: fakeai/_speedups/policy.pyx
+
 _CTRL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TEXT_KEYS = frozenset(("content", "text", "prompt", "input", "instructions", "suffix", "stop", "query",
@@ -40,7 +45,10 @@ _SKIP_KEYS = frozenset(("tools", "functions", "response_format", "tool_choice", 
                         "function_call", "data", "audio", "json_schema", "file_data", "b64_json"))
 _AUTHORED = frozenset(("system", "developer", "assistant"))
 _MAX_BAN_NS = 86_400 * 10 ** 9
-_body_memo = patterns.Memo(1024, 8192)  # a repeated body (a load generator's prompts) is scanned once
+# detection verdicts, also read by the compiled check (fakeai/_speedups/policy.pyx Gate): a body (a load
+# generator's, repeated) is scanned once, a URL path seen before is not even unquoted again
+BODY_VERDICTS = patterns.Memo(1024, 8192)  # body -> _scan's verdict
+URL_VERDICTS = patterns.Memo(1024, 1024)  # URL path -> payload kind
 
 
 def _find(obj, path: str, bad):
@@ -74,7 +82,7 @@ def validate(req):
             return None
         _invalid_text(body)
         raise
-    if _MAYBE_CTRL.search(body):
+    if maybe_ctrl(body):
         found = _find(data, "", _CTRL.search)
         if found:
             path, text = found
@@ -141,7 +149,10 @@ def _path(parts) -> str:
 
 def detect(req, data):
     """(kind, where) of an injection attempt in the URL or the body, or None."""
-    kind = patterns.payload(unquote(req.path))
+    path = req.path
+    kind = URL_VERDICTS.get(path, patterns.MISS)
+    if kind is patterns.MISS:
+        kind = URL_VERDICTS.keep(path, patterns.payload(unquote(path)))
     if kind:
         return kind, "url"
     if req.query_string:
@@ -150,9 +161,10 @@ def detect(req, data):
             if kind:
                 return kind, "query"
     if type(data) in (dict, list):
-        found = _body_memo.get(req.body, patterns.MISS)
+        body = req.body
+        found = BODY_VERDICTS.get(body, patterns.MISS) if len(body) <= BODY_VERDICTS.longest else patterns.MISS
         if found is patterns.MISS:
-            found = _body_memo.keep(req.body, _scan(data, False, False))
+            found = BODY_VERDICTS.keep(body, _scan(data, False, False))
         if found:
             return found[0], _path(found[1])
     return None

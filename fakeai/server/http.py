@@ -391,8 +391,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ writing
-    def _head_bytes(self, status, content_type, extra, length, rid, more=None):
-        """The response head as one bytes object: `% formatting` of a fixed template, extras appended."""
+    def _head_bytes(self, status, content_type, extra, length, rid, more=None, rendered=None):
+        """The response head as one bytes object: `% formatting` of a fixed template, extras appended (`rendered`:
+        header lines as they are, the request's out_head)."""
         req = self.req
         ms = (_monotonic_ns() - req.t0_ns) // 1_000_000 if req is not None else 0
         if length is None:
@@ -402,23 +403,31 @@ class HttpProtocol(asyncio.Protocol):
         head = _HEAD % (R.STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status, R.date_line(),
                         content_type, framing, rid.encode("latin-1"), ms)
         if extra or more or not self.keep_alive:
-            tail = [b"%s: %s\r\n" % kv for kv in (extra or ())]
-            tail += [b"%s: %s\r\n" % kv for kv in (more or ())]
+            parts = [head]  # plain loops: cheaper than comprehensions for the few headers a response has
+            for kv in extra or ():
+                parts.append(b"%s: %s\r\n" % kv)
+            for kv in more or ():
+                parts.append(b"%s: %s\r\n" % kv)
+            if rendered:
+                parts.append(rendered)
             if not self.keep_alive:
-                tail.append(b"connection: close\r\n")
-            return head + b"".join(tail) + b"\r\n"
-        return head + b"\r\n"
+                parts.append(b"connection: close\r\n")
+            parts.append(b"\r\n")
+            return b"".join(parts)
+        return head + rendered + b"\r\n" if rendered else head + b"\r\n"
 
     def _more(self, req):
-        """The server's extra headers and this request's own (req.out_headers: CORS, x-ratelimit-*)."""
+        """The server's extra headers and this request's own (req.out_headers: CORS, x-ratelimit-*), unless
+        those come rendered (req.out_head)."""
         more = self.server.extra_headers
-        if req is None or req.out_headers is None:
+        if req is None or req.out_headers is None or req.out_head is not None:
             return more
         return req.out_headers if more is None else more + req.out_headers
 
     def _write_response(self, req, resp, rid):
         body = resp.body
-        head = self._head_bytes(resp.status, resp.content_type, resp.headers, len(body), rid, self._more(req))
+        head = self._head_bytes(resp.status, resp.content_type, resp.headers, len(body), rid, self._more(req),
+                                req.out_head if req is not None else None)
         if req is not None and req.method == "HEAD":
             self.transport.write(head)
         else:
@@ -432,7 +441,7 @@ class HttpProtocol(asyncio.Protocol):
         if not self.chunked:
             self.keep_alive = False  # HTTP/1.0: the body ends when the connection closes
         self.transport.write(self._head_bytes(stream.status, stream.content_type, stream.headers, None,
-                                              req.request_id, self._more(req)))
+                                              req.request_id, self._more(req), req.out_head))
         self.busy = stream
         self.sent = 0
         stream.start(self)

@@ -22,7 +22,7 @@ class Request:
     """What a handler receives: it never sees the socket or h11."""
 
     __slots__ = ("method", "path", "query_string", "headers", "body", "client", "request_id", "t0_ns",
-                 "params", "_json", "out_headers", "policy")
+                 "params", "_json", "out_headers", "out_head", "policy")
 
     def __init__(self, method: str, path: str, query_string: str, headers: list, body: bytes, client,
                  request_id: str, t0_ns: int):
@@ -37,6 +37,7 @@ class Request:
         self.params: dict[str, str] = {}
         self._json = None
         self.out_headers = None  # [(name, value)] the layers add to this request's response head (policy)
+        self.out_head = None  # out_headers rendered (b"name: value\r\n"...) by a layer that keeps both: written as is
         self.policy = None  # the policy layer's Ticket (rate-limit charge, injected stream failure) or None
 
     def header(self, name: bytes, default: bytes | None = None) -> bytes | None:
