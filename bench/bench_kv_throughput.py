@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .inproc import connection, cpu_us, lua_body, post
 from .servers import Server, free_port
-from .wrkrun import find_wrk, run_wrk
+from .wrkrun import find_wrk, interleaved
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"off": {"kv_cache_enabled": False}, "on": {"min_tokens_for_cache": 1}}
@@ -70,22 +70,8 @@ def throughput(a) -> None:
     servers = {"off": server("off", ["--no-kv-cache-enabled"], tmp),
                "on": server("on", ["--min-tokens-for-cache", "1"], tmp)}  # as CONFIGS
     cases = [("off", "chat"), ("on", "chat"), ("off", "chat_long"), ("on", "chat_long")]  # bench/wrk/*.lua
-    rps: dict[tuple, list[float]] = {c: [] for c in cases}
-    cpu: dict[tuple, list[float]] = {c: [] for c in cases}
     try:
-        for url in (s.base_url for s in servers.values()):  # warm up (tokenizer memo, code paths)
-            for script in ("chat", "chat_long"):
-                run_wrk(wrk, url + "/v1/chat/completions", script, 8, 1, cpu=1)
-        for r in range(a.rounds):
-            for name, script in cases:
-                c0 = servers[name].cpu_seconds()
-                res = run_wrk(wrk, servers[name].base_url + "/v1/chat/completions", script, a.connections,
-                              a.duration, cpu=1)
-                us = (servers[name].cpu_seconds() - c0) / max(1, res.requests) * 1e6
-                rps[(name, script)].append(res.ok_rps)
-                cpu[(name, script)].append(us)
-                print(f"round {r + 1} {name:>3} {script:<9} {res.ok_rps:10.0f} req/s {us:7.1f} us CPU/req "
-                      f"(p50 {res.p50_ms:.2f} ms, errors {res.requests - res.ok})", flush=True)
+        rps, cpu = interleaved(wrk, servers, cases, a.rounds, a.connections, a.duration, "kv")
         with urllib.request.urlopen(servers["on"].base_url + "/kv-cache/metrics") as r:
             perf = json.loads(r.read())["cache_performance"]
         print(f"cache on: lookups {perf['total_lookups']}, hits {perf['cache_hits']}, "

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 from .bench_kv_throughput import REPO, server  # a pinned zero-latency server, started and healthy
-from .servers import cpu_seconds
-from .wrkrun import find_wrk, run_wrk
+from .wrkrun import find_wrk, interleaved
 
 
 def throughput(a) -> None:
@@ -36,22 +35,8 @@ def throughput(a) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fakeai-metricsbench-"))
     servers = {"off": server("off", ["--no-metrics-enabled"], tmp), "on": server("on", [], tmp)}
     cases = [("off", "chat"), ("on", "chat"), ("off", "sse"), ("on", "sse")]
-    rps: dict[tuple, list[float]] = {c: [] for c in cases}
-    cpu: dict[tuple, list[float]] = {c: [] for c in cases}
     try:
-        for s in servers.values():  # warm up
-            for script in ("chat", "sse"):
-                run_wrk(wrk, s.base_url + "/v1/chat/completions", script, 8, 1, cpu=1)
-        for r in range(a.rounds):
-            for name, script in cases:
-                srv = servers[name]
-                before = cpu_seconds(srv.proc.pid)
-                res = run_wrk(wrk, srv.base_url + "/v1/chat/completions", script, a.connections, a.duration, cpu=1)
-                us = (cpu_seconds(srv.proc.pid) - before) / max(res.requests, 1) * 1e6
-                rps[(name, script)].append(res.ok_rps)
-                cpu[(name, script)].append(us)
-                print(f"round {r + 1} metrics {name:>3} {script:<5} {res.ok_rps:10.0f} req/s {us:8.1f} us CPU/request "
-                      f"(p50 {res.p50_ms:.2f} ms, errors {res.requests - res.ok})", flush=True)
+        rps, cpu = interleaved(wrk, servers, cases, a.rounds, a.connections, a.duration, "metrics")
         for script in ("chat", "sse"):
             off, on = statistics.median(rps[("off", script)]), statistics.median(rps[("on", script)])
             coff, con = statistics.median(cpu[("off", script)]), statistics.median(cpu[("on", script)])

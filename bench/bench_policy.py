@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .bench_metrics import server
 from .inproc import connection, cpu_us, post
-from .wrkrun import find_wrk, run_wrk
+from .wrkrun import find_wrk, interleaved
 
 KEY = "sk-bench-0000000000000000"  # the key bench/wrk/*.lua send
 CONFIGS = {
@@ -47,22 +47,8 @@ def throughput(a) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fakeai-policybench-"))
     servers = {name: server(name, extra, tmp) for name, extra in CONFIGS.items()}
     cases = [(name, script) for script in ("chat", "sse") for name in CONFIGS]
-    rps: dict[tuple, list[float]] = {c: [] for c in cases}
-    cpu: dict[tuple, list[float]] = {c: [] for c in cases}
     try:
-        for s in servers.values():  # warm up
-            for script in ("chat", "sse"):
-                run_wrk(wrk, s.base_url + "/v1/chat/completions", script, 8, 1, cpu=1)
-        for r in range(a.rounds):
-            for name, script in cases:
-                c0 = servers[name].cpu_seconds()
-                res = run_wrk(wrk, servers[name].base_url + "/v1/chat/completions", script, a.connections,
-                              a.duration, cpu=1)
-                us = (servers[name].cpu_seconds() - c0) / max(1, res.requests) * 1e6
-                rps[(name, script)].append(res.ok_rps)
-                cpu[(name, script)].append(us)
-                print(f"round {r + 1} policy {name:<7} {script:<5} {res.ok_rps:10.0f} req/s {us:7.1f} us CPU/req "
-                      f"(p50 {res.p50_ms:.2f} ms, non-2xx {res.requests - res.ok})", flush=True)
+        rps, cpu = interleaved(wrk, servers, cases, a.rounds, a.connections, a.duration, "policy")
         for script in ("chat", "sse"):
             off, off_us = statistics.median(rps[("off", script)]), statistics.median(cpu[("off", script)])
             line = [f"{script:<5}: off {off:7.0f} req/s {off_us:6.1f} us"]

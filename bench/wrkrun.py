@@ -149,6 +149,28 @@ def run_wrk(
     return res
 
 
+def interleaved(wrk: str, servers: dict, cases: list, rounds: int, connections: int, duration: float,
+                label: str) -> tuple[dict, dict]:
+    """wrk against each (server name, script) case in turn, `rounds` times, so machine noise hits every case
+    alike (wrk on cpu 1; the servers are pinned to cpu 0 by their starters). Printed per run; returned as
+    ({case: [2xx req/s per round]}, {case: [server CPU us a request per round]})."""
+    rps: dict[tuple, list[float]] = {c: [] for c in cases}
+    cpu: dict[tuple, list[float]] = {c: [] for c in cases}
+    for name, script in cases:  # warm up (tokenizer memo, code paths)
+        run_wrk(wrk, servers[name].base_url + "/v1/chat/completions", script, 8, 1, cpu=1)
+    for r in range(rounds):
+        for name, script in cases:
+            srv = servers[name]
+            c0 = srv.cpu_seconds()
+            res = run_wrk(wrk, srv.base_url + "/v1/chat/completions", script, connections, duration, cpu=1)
+            us = (srv.cpu_seconds() - c0) / max(1, res.requests) * 1e6
+            rps[(name, script)].append(res.ok_rps)
+            cpu[(name, script)].append(us)
+            print(f"round {r + 1} {label} {name:>7} {script:<9} {res.ok_rps:10.0f} req/s {us:7.1f} us CPU/req "
+                  f"(p50 {res.p50_ms:.2f} ms, non-2xx {res.requests - res.ok})", flush=True)
+    return rps, cpu
+
+
 if __name__ == "__main__":  # manual check: python -m bench.wrkrun URL SCRIPT
     import sys
 
