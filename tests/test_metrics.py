@@ -584,7 +584,8 @@ def test_metrics_disabled_costs_nothing_and_answers_404():
     s = ServerProc("--ttft-ms", "0", "--itl-ms", "0", "--no-metrics-enabled", "--no-access-log")
     try:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0)
-        assert c.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=3).usage.completion_tokens == 3
+        assert c.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=3,
+                                              extra_body={"ignore_eos": True}).usage.completion_tokens == 3
         for path in ("/metrics", "/metrics/prometheus", "/prometheus/metrics", "/dcgm/metrics", "/dcgm/metrics/json"):
             r = httpx.get(s.url + path)
             assert r.status_code == 404 and r.json()["error"]["code"] == "metrics_disabled", path

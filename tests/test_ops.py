@@ -519,7 +519,8 @@ def test_tls_https_wss_and_certificate_reload(tmp_path):
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0,
                                http_client=httpx.Client(verify=trust))
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], max_tokens=5)
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], max_tokens=5,
+                                           extra_body={"ignore_eos": True})
         assert r.usage.completion_tokens == 5
         chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"], max_tokens=5,
                                                      stream=True))
