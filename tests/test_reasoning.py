@@ -96,7 +96,7 @@ def test_reasoning_tokens_are_paced_steps(server):
     """Each reasoning token is a step of the token stream: the timing record has one deadline per token."""
     r = httpx.post(server.url + "/v1/chat/completions", headers={"X-Fakeai-Timing": "1"}, timeout=10,
                    json={"model": R1, "messages": MSGS, "stream": True, "max_tokens": 60,
-                         "stream_options": {"include_usage": True}})
+                         "stream_options": {"include_usage": True}, "ignore_eos": True})
     events = [json.loads(ln[6:]) for ln in r.text.split("\n") if ln.startswith("data: {")]
     rec = events[-1]["fakeai_timing"]
     assert len(rec["target_us"]) == events[-1]["usage"]["completion_tokens"] == 60
