@@ -13,12 +13,15 @@ before binding. Options are added as their behaviour lands: none is inert.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "FAKEAI_"
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin",
+          "cedar")  # OpenAI's voices (engine/audio.py gives each its pitch)
 
 
 class ConfigError(ValueError):
@@ -149,6 +152,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("ws_permessage_deflate", "bool", True, "Accept the permessage-deflate extension when a client offers it.",
        group="websocket"),
     # --- audio and images (engine/audio.py, engine/images.py, api/audio.py, api/images.py)
+    _o("enable_audio", "bool", True,
+       "Audio in and out. Off: /v1/audio/*, spoken chat answers and input_audio parts answer 400, and Realtime "
+       "sessions are text only.", group="audio"),
+    _o("default_voice", "str", "alloy", "A new Realtime session's voice; when set explicitly, also the voice of "
+       "speech and spoken chat answers whose request names none (else OpenAI's 400).", choices=VOICES,
+       group="audio"),
     _o("default_audio_format", "str", "wav",
        "Container of /v1/audio/speech when the request names none (OpenAI's default, mp3, needs a codec this "
        "server does not include).", choices=("wav", "pcm", "flac"), group="audio"),
@@ -467,13 +476,47 @@ def _section_key(path, section, key):
     raise ConfigError(f"config file {path!r}: unknown option {section}.{key}")
 
 
+# FakeAI's older environment names (the migration guide's "Old" block) -> the option they set.
+ENV_ALIASES = {"REQUESTS_PER_MINUTE": "rate_limit_rpm"}
+# Environment names the guides show that are not options here, and why (said once at start-up).
+NOT_OPTIONS = {
+    "USE_SEMANTIC_EMBEDDINGS": "embeddings are always hashed word features; no sentence-transformer model is loaded",
+    "EMBEDDING_MODEL": "embeddings are always hashed word features; no sentence-transformer model is loaded",
+    "GENERATE_ACTUAL_IMAGES": "generated images are always real PNGs",
+}
+_NOT_CONFIG = {"CONFIG", "NO_EXTENSIONS"}  # read elsewhere: the config file's path, the speedups' switch
+
+
 def load_env(environ=None) -> dict[str, str]:
     environ = os.environ if environ is None else environ
     out = {}
+    for old, name in ENV_ALIASES.items():
+        v = environ.get(ENV_PREFIX + old)
+        if v is not None:
+            out[name] = v
     for o in OPTIONS:
         v = environ.get(ENV_PREFIX + o.name.upper())
         if v is not None:
             out[o.name] = v
+    return out
+
+
+def unknown_env(environ=None) -> list[str]:
+    """One warning per FAKEAI_* variable that sets nothing (a typo, or an option this server does not have)."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):]
+        if name in _NOT_CONFIG or name in ENV_ALIASES or name.lower() in OPTION_BY_NAME:
+            continue
+        if name in NOT_OPTIONS:
+            out.append(f"{key} is ignored: {NOT_OPTIONS[name]}")
+            continue
+        near = difflib.get_close_matches(name.lower(), OPTION_BY_NAME, 1, 0.8)
+        hint = f"; did you mean {ENV_PREFIX}{near[0].upper()}?" if near else ""
+        out.append(f"{key} is ignored: not an option of this server{hint}")
     return out
 
 

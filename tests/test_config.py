@@ -156,3 +156,33 @@ def test_pure_twins_serve_end_to_end():
                                          max_tokens=3).usage.completion_tokens <= 3
     finally:
         assert s.stop() == 0
+
+
+def test_legacy_env_name_and_unknown_names_warned():
+    env = {"FAKEAI_REQUESTS_PER_MINUTE": "77", "FAKEAI_ITL_MSS": "3", "FAKEAI_GENERATE_ACTUAL_IMAGES": "false",
+           "FAKEAI_CONFIG": "", "FAKEAI_NO_EXTENSIONS": "1", "FAKEAI_ITL_MS": "4"}
+    assert C.build(environ=env).rate_limit_rpm == 77
+    assert C.build(environ={**env, "FAKEAI_RATE_LIMIT_RPM": "9"}).rate_limit_rpm == 9  # today's name wins
+    warned = C.unknown_env(env)
+    assert warned == ["FAKEAI_GENERATE_ACTUAL_IMAGES is ignored: generated images are always real PNGs",
+                      "FAKEAI_ITL_MSS is ignored: not an option of this server; did you mean FAKEAI_ITL_MS?"]
+    assert C.unknown_env({"FAKEAI_TTFT_MS": "1", "PATH": "/bin"}) == []
+
+
+def test_unknown_env_warned_in_the_server_log():
+    from conftest import ServerProc
+    s = ServerProc("--no-access-log", env={"FAKEAI_ENABLE_AUDIO": "true", "FAKEAI_USE_SEMANTIC_EMBEDDINGS": "true",
+                                           "FAKEAI_MAX_TOKENZ": "5"})
+    try:
+        pass
+    finally:
+        assert s.stop() == 0
+    log = s.log()
+    assert "FAKEAI_USE_SEMANTIC_EMBEDDINGS is ignored: embeddings are always hashed word features" in log
+    assert "FAKEAI_MAX_TOKENZ is ignored: not an option of this server" in log
+    assert "FAKEAI_ENABLE_AUDIO" not in log
+
+
+def test_voices_match_the_engine():
+    from fakeai.engine.audio import VOICES
+    assert C.VOICES == tuple(VOICES)

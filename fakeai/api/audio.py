@@ -106,6 +106,8 @@ def _sse_pieces(pieces, usage):
 
 
 def speech(app, req):
+    if not app.config.enable_audio:
+        raise C.audio_disabled(None)
     body = req.json()
     name = C.get_str(body, "model", required=True)
     info = C.model_of_kind(app, name, "tts", "speech (use tts-1, tts-1-hd or gpt-4o-mini-tts)")
@@ -117,9 +119,7 @@ def speech(app, req):
         raise ApiError(400, f"Invalid 'input': string too long. Expected a string with maximum length "
                             f"{MAX_INPUT_CHARS}, but got a string with length {len(text)} instead.",
                        param="input", code="string_above_max_length")
-    voice = C.get_str(body, "voice", required=True)
-    if voice not in A.VOICES:
-        raise C.invalid_value("voice", voice, A.VOICES)
+    voice = C.get_voice(app.config, body, "voice", "voice")
     fmt = C.get_choice(body, "response_format", SPEECH_FORMATS, app.config.default_audio_format)
     try:
         fmt = A.check_format(fmt)
@@ -225,6 +225,8 @@ def _form_list(form, name):
 
 
 def transcribe(app, req, task: str):
+    if not app.config.enable_audio:
+        raise C.audio_disabled(None)
     form = parse_form(req, app.config.max_request_size)
     name = form.text("model", required=True)
     if task == "translate" and name != "whisper-1":

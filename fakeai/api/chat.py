@@ -218,6 +218,8 @@ def create(app, req):
     # render the segments afterwards in the rare case images or audio made it eligible), else both in one pass
     segments = [] if kv.caching and len(req.body) >= kv.min_tokens else None
     prompt_tokens, audio_in = count_prompt(app, messages, info.encoding, tools, segments)
+    if audio_in and not app.config.enable_audio:
+        raise C.audio_disabled("messages")
     kv_prompts = ()
     if kv.eligible(prompt_tokens):
         if segments is None:
@@ -418,7 +420,7 @@ def _read_tools(body):
     return parsed, "function", name, parallel, legacy
 
 
-def _read_audio(body, model, info, stream):
+def _read_audio(body, model, info, stream, cfg):
     """-> (voice, format) when the answer is spoken (modalities with "audio"), else None."""
     mods = body.get("modalities")
     if mods is None:
@@ -430,6 +432,8 @@ def _read_audio(body, model, info, stream):
             raise C.invalid_value("modalities", m, ("text", "audio"))
     if "audio" not in mods:
         return None
+    if not cfg.enable_audio:
+        raise C.audio_disabled("modalities")
     if not info.supports_audio:
         raise ApiError(400, f"The model '{model}' does not support audio output; use an audio model such as "
                             f"gpt-4o-audio-preview.", param="modalities", code="model_not_supported")
@@ -438,12 +442,9 @@ def _read_audio(body, model, info, stream):
         raise _missing("audio")
     if type(a) is not dict:
         raise C.type_error("audio", "an object", a)
-    for k in ("voice", "format"):
-        if a.get(k) is None:
-            raise _missing(f"audio.{k}")
-    voice, fmt = a["voice"], a["format"]
-    if type(voice) is not str or voice not in A.VOICES:
-        raise C.invalid_value("audio.voice", voice, tuple(A.VOICES))
+    if a.get("format") is None:
+        raise _missing("audio.format")
+    voice, fmt = C.get_voice(cfg, a, "voice", "audio.voice"), a["format"]
     if fmt not in _AUDIO_FORMATS:
         raise C.invalid_value("audio.format", fmt, _AUDIO_FORMATS)
     if stream and fmt != "pcm16":
@@ -581,7 +582,7 @@ class _Features:
                                code="invalid_value")
             if text.strip():
                 predicted = app.tokenizer.split(text, info.encoding)
-        voice_fmt = _read_audio(body, model, info, stream)
+        voice_fmt = _read_audio(body, model, info, stream, cfg)
         cap = C.output_cap(info, prompt_tokens, C.max_tokens_of(body))
         stop = C.get_stop(body)
         ignore_eos = body.get("ignore_eos") is True

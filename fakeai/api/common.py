@@ -16,6 +16,7 @@ import zlib
 
 import orjson
 
+from fakeai.config import VOICES
 from fakeai.engine.generation import Deferred
 from fakeai.engine.latency import timing_requested
 from fakeai.engine.textgen import apply_stop
@@ -292,6 +293,24 @@ def invalid_value(param, value, allowed) -> ApiError:
     listed = ", ".join(f"'{a}'" for a in allowed)
     return ApiError(400, f"Invalid value: '{value}'. Supported values are: {listed}.", param=param,
                     code="invalid_value")
+
+
+def audio_disabled(param) -> ApiError:
+    """What any audio input or output answers when the server's enable_audio option is off."""
+    return ApiError(400, "Audio is disabled on this server (its enable_audio option is off).", param=param,
+                    code="audio_disabled")
+
+
+def get_voice(cfg, body, name, param):
+    """A voice field: required as OpenAI requires it, unless the server's default_voice was set explicitly."""
+    voice = body.get(name)
+    if voice is None and "default_voice" in cfg.explicit:
+        return cfg.default_voice
+    if voice is None:
+        raise ApiError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if voice not in VOICES:
+        raise invalid_value(param, voice, VOICES)
+    return voice
 
 
 def get_choice(body, name, allowed, default=None):

@@ -299,6 +299,10 @@ class Session:
         self.expires_at = int(time.time()) + _SESSION_SECONDS
         self.config = {k: (dict(v) if type(v) is dict else list(v) if type(v) is list else v)
                        for k, v in _DEFAULTS.items()}
+        self.audio = app.config.enable_audio
+        self.config["voice"] = app.config.default_voice
+        if not self.audio:
+            self.config["modalities"] = ["text"]
         self.items: dict[str, dict] = {}
         self.order: list[str] = []
         self.meta: dict[str, dict] = {}  # item id -> {"audio": int16 samples, "audio_ms": int, "tokens": (t, a)}
@@ -406,6 +410,7 @@ class Session:
         if ga:
             _choice(s.get("type", "realtime"), "session.type", ("realtime",))
         changes = parse_config(s, "session", self.config)
+        self._text_only(changes, "session")
         if self.spoke and changes.get("voice", self.config["voice"]) != self.config["voice"]:
             raise _invalid("session.voice", "Cannot update a conversation's voice if assistant audio is present.",
                            "cannot_update_voice")
@@ -416,7 +421,14 @@ class Session:
             self._set_vad()
         self.send("session.updated", session=self.session_view())
 
+    def _text_only(self, changes, where) -> None:
+        """With the server's enable_audio off, a session or response asking for audio gets an error event."""
+        if not self.audio and "audio" in changes.get("modalities", ()):
+            raise C.audio_disabled(f"{where}.modalities")
+
     def audio_append(self, ev) -> None:
+        if not self.audio:
+            raise C.audio_disabled("audio")
         raw = _b64(_required(ev, "audio", "audio"), "audio")
         if raw[:4] == b"RIFF":
             try:
@@ -575,6 +587,8 @@ class Session:
             _typed(part, (dict,), p, "an object")
             ptype = _choice(part.get("type"), f"{p}.type", allowed)
             if ptype == "input_audio":
+                if not self.audio and part.get("audio") is not None:
+                    raise C.audio_disabled(f"{p}.audio")
                 transcript = part.get("transcript")
                 if transcript is not None:
                     _typed(transcript, (str,), f"{p}.transcript", "a string")
@@ -699,6 +713,7 @@ class Session:
     # -- responses
     def respond(self, r: dict) -> None:
         changes = parse_config(r, "response", self.config)
+        self._text_only(changes, "response")
         cfg = {**self.config, **changes}
         conversation = _choice(r.get("conversation", "auto"), "response.conversation", ("auto", "none"))
         metadata = r.get("metadata")

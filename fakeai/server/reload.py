@@ -36,7 +36,8 @@ LIVE = frozenset({
     "stream_timeout_seconds", "stream_token_timeout_seconds", "stream_keepalive_enabled",
     "stream_keepalive_interval_seconds", "max_request_size", "max_header_size", "keepalive_timeout",
     "header_read_timeout", "max_connections", "shutdown_timeout", "ws_max_message_size", "ws_max_send_buffer",
-    "ws_ping_interval", "ws_ping_timeout", "ws_permessage_deflate", "default_audio_format",
+    "ws_ping_interval", "ws_ping_timeout", "ws_permessage_deflate", "default_audio_format", "enable_audio",
+    "default_voice",
     "batch_lines_per_second", "batch_concurrency", "worker_timeout",
     # logging (handlers rebuilt, files reopened) and the TLS certificate (loaded again)
     "debug", "log_level", "log_format", "access_log", "log_file", "ssl_certfile", "ssl_keyfile",

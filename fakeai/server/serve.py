@@ -23,7 +23,7 @@ import time
 
 import orjson
 
-from fakeai import __version__
+from fakeai import __version__, config
 from fakeai.config import ConfigError
 from fakeai._speedups import active as speedups_active, load as load_speedup
 from fakeai.server import listen, response as R
@@ -164,6 +164,8 @@ def run(cfg, app_factory, rebuild) -> int:
     except OSError as exc:
         sys.stderr.write(f"fakeai: cannot open log file {cfg.log_file!r}: {exc.strerror or exc}\n")
         return 1
+    for warning in config.unknown_env():
+        log.warning("%s", warning)
     if cfg.workers > 1:
         from fakeai.server import supervisor
         try:
