@@ -292,6 +292,39 @@ def test_workers_share_a_port_aggregate_and_come_back():
     assert clean_log(s.log()), s.log()
 
 
+def test_workers_kv_caches_shown_and_cleared_together():
+    """Each process simulates its own KV workers: /kv-cache/metrics lists all of them, and the clear endpoints
+    (aiperf's --reset-kv-cache calls /reset_prefix_cache) empty every process's cache, not one."""
+    s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log",
+                   "--min-tokens-for-cache", "1", "--kv-cache-num-workers", "3")
+    prompt = {**CHAT, "max_tokens": 2, "messages": [{"role": "user", "content": "tell me a story " * 40}]}
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        for _ in range(40):  # fresh connections: both processes serve some
+            req = urllib.request.Request(s.url + "/v1/chat/completions", json.dumps(prompt).encode(),
+                                         {"content-type": "application/json"})
+            urllib.request.urlopen(req, timeout=10).read()
+        m = get_json(s.url + "/kv-cache/metrics")
+        stats = m["smart_router"]["worker_stats"]
+        assert list(stats) == [f"worker_{i}" for i in range(6)] and m["capacity"]["num_workers"] == 6
+        assert m["cache_performance"]["total_lookups"] == 40
+        per_process = [sum(stats[f"worker_{i}"]["cached_blocks"] for i in range(k, k + 3)) for k in (0, 3)]
+        assert all(n > 0 for n in per_process), stats
+        assert m["usage"]["cached_blocks"] == sum(per_process)
+        req = urllib.request.Request(s.url + "/admin/clear-kv-cache", b"", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["blocks_cleared"] == sum(per_process)
+        assert get_json(s.url + "/kv-cache/metrics")["usage"]["cached_blocks"] == 0
+        urllib.request.urlopen(urllib.request.Request(s.url + "/v1/chat/completions", json.dumps(prompt).encode(),
+                                                      {"content-type": "application/json"}), timeout=10).read()
+        req = urllib.request.Request(s.url + "/reset_prefix_cache", b"", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200 and r.read() == b""
+        assert get_json(s.url + "/kv-cache/metrics")["usage"]["cached_blocks"] == 0
+    finally:
+        assert s.stop() == 0
+
+
 def test_a_stuck_worker_is_replaced():
     s = ServerProc("--workers", "2", "--worker-timeout", "1", "--ttft-ms", "0", "--no-access-log")
     try:
@@ -614,12 +647,26 @@ def test_kv_and_lateness_sums():
     from fakeai.engine.latency import Lateness
     from fakeai.metrics import cluster
 
-    base = {"enabled": True, "prompt_caching": True, "block_size": 16, "num_workers": 4, "capacity_blocks": 100,
-            "cached_blocks": 10, "pinned_blocks": 5, "lookups": 4, "lookup_hits": 2, "query_tokens": 100,
-            "hit_tokens": 50, "usage_perc": 0.05, "hit_rate": 0.5, "token_reuse_rate": 0.5, "avg_prefix_length": 25}
-    other = {**base, "pinned_blocks": 15, "lookups": 6, "lookup_hits": 0, "query_tokens": 100, "hit_tokens": 0}
-    kv = cluster.KV([base, other]).counters()
-    assert (kv["capacity_blocks"], kv["usage_perc"], kv["hit_rate"], kv["token_reuse_rate"]) == (200, 0.1, 0.2, 0.25)
+    def worker(cached, pinned):
+        return {"active_requests": 0, "cached_blocks": cached, "pinned_blocks": pinned, "total_tokens_processed": 0,
+                "evicted_blocks": 0, "expired_blocks": 0}
+
+    base = {"enabled": True, "prompt_caching": True, "block_size": 16, "blocks_per_worker": 25,
+            "min_tokens_for_cache": 0, "stats": [worker(5, 2), worker(5, 3)] * 2,
+            "by_endpoint": {"/v1/chat/completions": [4, 2, 100, 50]}}
+    other = {**base, "stats": [worker(0, 15)] + [worker(0, 0)] * 3,
+             "by_endpoint": {"/v1/chat/completions": [5, 0, 90, 0], "/v1/completions": [1, 0, 10, 0]}}
+    whole = cluster.KV([base, other])
+    kv = whole.counters()
+    assert (kv["num_workers"], kv["capacity_blocks"], kv["cached_blocks"]) == (8, 200, 20)
+    assert (kv["usage_perc"], kv["hit_rate"], kv["token_reuse_rate"]) == (0.125, 0.2, 0.25)
+    shown = whole.metrics()
+    assert list(shown["smart_router"]["worker_stats"]) == [f"worker_{i}" for i in range(8)]
+    assert shown["smart_router"]["worker_stats"]["worker_4"]["pinned_blocks"] == 15
+    assert shown["cache_performance"]["by_endpoint"] == {
+        "/v1/chat/completions": {"hit_rate": round(2 / 9, 6), "lookups": 9, "hits": 2},
+        "/v1/completions": {"hit_rate": 0.0, "lookups": 1, "hits": 0}}
+    assert shown["capacity"]["total_blocks"] == 200 and shown["usage"]["kv_cache_usage_perc"] == 0.125
     one, two = Lateness(), Lateness()
     for us in (3, 40, 900):
         one.add(us * 1000)

@@ -151,24 +151,33 @@ def _enabled(kv):
                        "invalid_request_error", code="kv_cache_disabled")
 
 
+CLEAR_ROUTES = ("/admin/clear-kv-cache", "/admin/clear-cache", "/reset_prefix_cache")
+
+
+def clear_caches(app, everything: bool) -> int:
+    """Empty the simulated KV cache (and, for /admin/clear-cache, the prompt-token memo): blocks cleared."""
+    n = app.kv.clear()
+    if everything:
+        app.tokenizer.clear_memo()
+    return n
+
+
+def cleared(path: str, n: int) -> Response:
+    """The answer of a clear endpoint; vLLM's /reset_prefix_cache is a 200 with an empty body."""
+    if path == "/reset_prefix_cache":
+        return Response(200, b"", TEXT)
+    what = "Prompt and KV caches" if path == "/admin/clear-cache" else "KV cache"
+    return json_response({"status": "success", "message": f"{what} cleared", "blocks_cleared": n})
+
+
 def register(app):
     kv = app.kv
 
     def metrics(req):
         return json_response(kv.metrics())
 
-    def clear_kv(req):
-        n = kv.clear()
-        return json_response({"status": "success", "message": "KV cache cleared", "blocks_cleared": n})
-
-    def clear_all(req):
-        n = kv.clear()
-        app.tokenizer.clear_memo()
-        return json_response({"status": "success", "message": "Prompt and KV caches cleared", "blocks_cleared": n})
-
-    def reset_prefix_cache(req):  # vLLM: 200 with an empty body
-        kv.clear()
-        return Response(200, b"", TEXT)
+    def clear(req):
+        return cleared(req.path, clear_caches(app, req.path == "/admin/clear-cache"))
 
     def events(req):
         _enabled(kv)
@@ -181,6 +190,5 @@ def register(app):
     app.router.add("GET", "/kv-cache/metrics", metrics)
     app.router.add("GET", "/kv-cache/events", events)
     app.router.add_ws("/kv-cache/events", events_ws)
-    app.router.add("POST", "/admin/clear-kv-cache", clear_kv)
-    app.router.add("POST", "/admin/clear-cache", clear_all)
-    app.router.add("POST", "/reset_prefix_cache", reset_prefix_cache)
+    for route in CLEAR_ROUTES:
+        app.router.add("POST", route, clear)

@@ -201,44 +201,58 @@ class KVSim:
                 cb(events)
 
     # ------------------------------------------------------------------ reporting
+    def parts(self) -> dict:
+        """What the figures are made of: this process's part of a server's (metrics/cluster.py sums them)."""
+        return {"enabled": self.enabled, "prompt_caching": self.caching, "block_size": self.block_size,
+                "blocks_per_worker": self.capacity if self.enabled else 0, "min_tokens_for_cache": self.min_tokens,
+                "stats": self.engine.worker_stats() if self.engine is not None else [],
+                "by_endpoint": {ep: list(t) for ep, t in self.by_endpoint.items()}}
+
     def counters(self) -> dict:
         """The figures the metrics layer exports (vLLM: kv_cache_usage_perc, prefix_cache_queries/hits)."""
-        stats = self.engine.worker_stats() if self.engine is not None else []
-        cached = sum(w["cached_blocks"] for w in stats)
-        pinned = sum(w["pinned_blocks"] for w in stats)
-        total = self.capacity * self.num_workers if self.enabled else 0
-        lookups, hits, query, hit_tokens = (sum(col) for col in zip(*self.by_endpoint.values(), (0, 0, 0, 0)))
-        return {
-            "enabled": self.enabled, "prompt_caching": self.caching, "block_size": self.block_size,
-            "num_workers": self.num_workers if self.enabled else 0, "capacity_blocks": total,
-            "cached_blocks": cached, "pinned_blocks": pinned,
-            "usage_perc": pinned / total if total else 0.0,
-            "lookups": lookups, "lookup_hits": hits, "query_tokens": query, "hit_tokens": hit_tokens,
-            "hit_rate": hits / lookups if lookups else 0.0,
-            "token_reuse_rate": hit_tokens / query if query else 0.0,
-            "avg_prefix_length": hit_tokens / hits if hits else 0.0,
-        }
+        return counters(self.parts())
 
     def metrics(self) -> dict:
         """GET /kv-cache/metrics, in the operations guide's shape plus capacity and usage."""
         self.expire()
-        c = self.counters()
-        stats = self.engine.worker_stats() if self.engine is not None else []
-        return {
-            "cache_performance": {
-                "hit_rate": round(c["hit_rate"], 6), "token_reuse_rate": round(c["token_reuse_rate"], 6),
-                "avg_prefix_length": round(c["avg_prefix_length"], 2), "total_lookups": c["lookups"],
-                "cache_hits": c["lookup_hits"], "query_tokens": c["query_tokens"], "cached_tokens": c["hit_tokens"],
-                "by_endpoint": {ep: {"hit_rate": round(h / n, 6) if n else 0.0, "lookups": n, "hits": h}
-                                for ep, (n, h, _, _) in self.by_endpoint.items()},
-            },
-            "smart_router": {"worker_stats": {f"worker_{i}": w for i, w in enumerate(stats)}},
-            "capacity": {"enabled": c["enabled"], "prompt_caching": c["prompt_caching"],
-                         "block_size": self.block_size, "num_workers": c["num_workers"],
-                         "blocks_per_worker": self.capacity if self.enabled else 0,
-                         "total_blocks": c["capacity_blocks"], "min_tokens_for_cache": self.min_tokens},
-            "usage": {"cached_blocks": c["cached_blocks"], "pinned_blocks": c["pinned_blocks"],
-                      "kv_cache_usage_perc": round(c["usage_perc"], 6),
-                      "cached_perc": round(c["cached_blocks"] / c["capacity_blocks"], 6)
-                      if c["capacity_blocks"] else 0.0},
-        }
+        return metrics(self.parts())
+
+
+def counters(p: dict) -> dict:
+    """KV.parts() (or the sum of several processes' parts) -> the counters the metrics layer exports."""
+    stats = p["stats"]
+    cached = sum(w["cached_blocks"] for w in stats)
+    pinned = sum(w["pinned_blocks"] for w in stats)
+    total = p["blocks_per_worker"] * len(stats)
+    lookups, hits, query, hit_tokens = (sum(col) for col in zip(*p["by_endpoint"].values(), (0, 0, 0, 0)))
+    return {
+        "enabled": p["enabled"], "prompt_caching": p["prompt_caching"], "block_size": p["block_size"],
+        "num_workers": len(stats), "capacity_blocks": total, "cached_blocks": cached, "pinned_blocks": pinned,
+        "usage_perc": pinned / total if total else 0.0,
+        "lookups": lookups, "lookup_hits": hits, "query_tokens": query, "hit_tokens": hit_tokens,
+        "hit_rate": hits / lookups if lookups else 0.0,
+        "token_reuse_rate": hit_tokens / query if query else 0.0,
+        "avg_prefix_length": hit_tokens / hits if hits else 0.0,
+    }
+
+
+def metrics(p: dict) -> dict:
+    """KV.parts() (or their sum) -> GET /kv-cache/metrics, the operations guide's shape plus capacity and usage."""
+    c = counters(p)
+    return {
+        "cache_performance": {
+            "hit_rate": round(c["hit_rate"], 6), "token_reuse_rate": round(c["token_reuse_rate"], 6),
+            "avg_prefix_length": round(c["avg_prefix_length"], 2), "total_lookups": c["lookups"],
+            "cache_hits": c["lookup_hits"], "query_tokens": c["query_tokens"], "cached_tokens": c["hit_tokens"],
+            "by_endpoint": {ep: {"hit_rate": round(h / n, 6) if n else 0.0, "lookups": n, "hits": h}
+                            for ep, (n, h, _, _) in p["by_endpoint"].items()},
+        },
+        "smart_router": {"worker_stats": {f"worker_{i}": w for i, w in enumerate(p["stats"])}},
+        "capacity": {"enabled": c["enabled"], "prompt_caching": c["prompt_caching"],
+                     "block_size": c["block_size"], "num_workers": c["num_workers"],
+                     "blocks_per_worker": p["blocks_per_worker"], "total_blocks": c["capacity_blocks"],
+                     "min_tokens_for_cache": p["min_tokens_for_cache"]},
+        "usage": {"cached_blocks": c["cached_blocks"], "pinned_blocks": c["pinned_blocks"],
+                  "kv_cache_usage_perc": round(c["usage_perc"], 6),
+                  "cached_perc": round(c["cached_blocks"] / c["capacity_blocks"], 6) if c["capacity_blocks"] else 0.0},
+    }

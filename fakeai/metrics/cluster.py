@@ -13,8 +13,11 @@ handlers render unchanged. Summing is exact, never an average of averages:
   arrays, slot for slot (slot = absolute second mod W, so the same slot is
   the same second in every process), counts and sums added, minima and
   maxima taken, endpoints matched by label;
-- gauges (running, waiting, active streams), the KV counters, the policy
-  counters and the token-lateness histogram: added (ratios recomputed).
+- gauges (running, waiting, active streams), the policy counters and the
+  token-lateness histogram: added (ratios recomputed);
+- the KV caches: each process simulates its own kv_cache_num_workers, so the
+  server's are all of them side by side (KV.parts() concatenated, lookups and
+  hits added by endpoint), and /kv-cache/metrics shows them that way.
 Models and finish reasons are registered in the order first seen by the
 answering worker, so the Prometheus template stays valid between scrapes.
 """
@@ -24,6 +27,7 @@ import os
 
 import numpy as np
 
+from fakeai.engine import kv
 from fakeai.engine.latency import Lateness
 from fakeai.metrics.recorder import Metrics
 
@@ -31,14 +35,12 @@ from fakeai.metrics.recorder import Metrics
 BY_ENDPOINT = ("w_lat", "w_lat_sum", "w_lat_min", "w_lat_max")
 WINDOWS = BY_ENDPOINT + ("w_ttft", "w_ttft_sum", "w_ttft_min", "w_ttft_max", "w_tps", "w_tps_sum", "w_tps_min",
                          "w_tps_max", "w_tokens", "w_req")
-_KV_SUMS = ("num_workers", "capacity_blocks", "cached_blocks", "pinned_blocks", "lookups", "lookup_hits",
-            "query_tokens", "hit_tokens")
 
 
 def dump(app, server_stats: dict) -> dict:
     """This process's figures, picklable."""
     slots, late = app.slots, app.lateness
-    out = {"pid": os.getpid(), "server": server_stats, "kv": app.kv.counters(), "policy": app.policy.counters(),
+    out = {"pid": os.getpid(), "server": server_stats, "kv": app.kv.parts(), "policy": app.policy.counters(),
            "lateness": (list(late.counts), late.total, late.sum_us, late.max_us),
            "slots": (slots.running, len(slots.waiting), slots.free, slots.max_waiting)}
     if app.metrics.enabled:
@@ -115,18 +117,23 @@ class Slots:
 
 
 class KV:
+    """The processes' simulated caches side by side: their simulated workers listed in process order (each
+    process simulates its own kv_cache_num_workers), lookups and hits added by endpoint."""
+
     def __init__(self, parts: list[dict]):
-        c = dict(parts[0])
-        for k in _KV_SUMS:
-            c[k] = sum(p[k] for p in parts)
-        c["usage_perc"] = c["pinned_blocks"] / c["capacity_blocks"] if c["capacity_blocks"] else 0.0
-        c["hit_rate"] = c["lookup_hits"] / c["lookups"] if c["lookups"] else 0.0
-        c["token_reuse_rate"] = c["hit_tokens"] / c["query_tokens"] if c["query_tokens"] else 0.0
-        c["avg_prefix_length"] = c["hit_tokens"] / c["lookup_hits"] if c["lookup_hits"] else 0.0
-        self._counters = c
+        whole = dict(parts[0], stats=[w for p in parts for w in p["stats"]], by_endpoint={})
+        for p in parts:
+            for ep, tally in p["by_endpoint"].items():
+                acc = whole["by_endpoint"].setdefault(ep, [0, 0, 0, 0])
+                for i, v in enumerate(tally):
+                    acc[i] += v
+        self.whole = whole
 
     def counters(self) -> dict:
-        return self._counters
+        return kv.counters(self.whole)
+
+    def metrics(self) -> dict:
+        return kv.metrics(self.whole)
 
 
 class Policy:

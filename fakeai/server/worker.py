@@ -38,15 +38,18 @@ import pickle
 import socket
 import struct
 
-from fakeai.api import health as health_api, metrics as metrics_api
+from fakeai.api import health as health_api, kvcache as kv_api, metrics as metrics_api
+from fakeai.api.kvcache import clear_caches
 from fakeai.metrics import cluster
 from fakeai.server.http import HttpProtocol
+from fakeai.server.response import json_response
 from fakeai.server.router import Router
 
 log = logging.getLogger("fakeai")
 
 PEER_TIMEOUT = 2.0
-ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics")
+ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics", "/kv-cache/metrics")
+FIGURES, CLEAR_KV, CLEAR_ALL = b"F", b"K", b"A"  # what a peer asks on the figures socket
 STATEFUL = (b"/v1/files", b"/files", b"/v1/batches", b"/batches", b"/v1/responses", b"/responses",
             b"/v1/images/", b"/images/")
 HANDOFF_TIMEOUT = 1.0
@@ -92,6 +95,8 @@ class Worker:
         self.view = View(app)
         for route in ROUTES:
             app.router.add("GET", route, self.answer)
+        for route in kv_api.CLEAR_ROUTES:
+            app.router.add("POST", route, self.clear)
         if self.count > 1:
             if self.index == 0:
                 self._adopt_from(loop, os.path.join(self.rundir, "state.sock"))
@@ -164,25 +169,36 @@ class Worker:
         loop.create_task(loop.connect_accepted_socket(lambda: _Adopted(self.server, bytes(data)), sock))
 
     def dump(self) -> dict:
-        return cluster.dump(self.server.app, self.server.stats())
+        return dict(cluster.dump(self.server.app, self.server.stats()), index=self.index)
 
     async def answer(self, req):
-        peers = [peer_path(self.rundir, i) for i in range(self.count) if i != self.index]
-        got = await asyncio.gather(*(self._fetch(p) for p in peers))
-        parts = [self.dump(), *(d for d in got if d is not None)]
+        parts = [self.dump(), *(d for d in await self._ask_peers(FIGURES) if d is not None)]
+        parts.sort(key=lambda p: p["index"])  # the simulated KV workers in a stable order
         handler, _ = self.view.refresh(parts, self.count).router.resolve("GET", req.path)
         return handler(req)
 
-    async def _fetch(self, path: str):
+    async def clear(self, req):
+        """The KV clear endpoints: every worker's simulated cache (aiperf resets it between runs)."""
+        everything = req.path == "/admin/clear-cache"
+        n = clear_caches(self.server.app, everything)
+        n += sum(d for d in await self._ask_peers(CLEAR_ALL if everything else CLEAR_KV) if type(d) is int)
+        return kv_api.cleared(req.path, n)
+
+    async def _ask_peers(self, word: bytes) -> list:
+        return await asyncio.gather(*(self._ask(peer_path(self.rundir, i), word)
+                                      for i in range(self.count) if i != self.index))
+
+    async def _ask(self, path: str, word: bytes):
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), PEER_TIMEOUT)
             try:
+                writer.write(word)
                 data = await asyncio.wait_for(reader.read(), PEER_TIMEOUT)
             finally:
                 writer.close()
             return pickle.loads(data)
         except (OSError, asyncio.TimeoutError, pickle.UnpicklingError, EOFError) as exc:
-            log.debug("no figures from %s: %r", path, exc)  # down, restarting or stuck: not counted
+            log.debug("no answer from %s: %r", path, exc)  # down, restarting or stuck: not counted
             return None
 
 
@@ -203,11 +219,28 @@ class _Adopted(HttpProtocol):
 
 
 class _Publish(asyncio.Protocol):
+    """A peer's question, one byte: FIGURES (-> this worker's dump) or a clear (-> the blocks it cleared)."""
+
     def __init__(self, worker: Worker):
         self.worker = worker
+        self.transport = None
 
     def connection_made(self, transport):
-        transport.write(pickle.dumps(self.worker.dump(), protocol=pickle.HIGHEST_PROTOCOL))
+        self.transport = transport
+
+    def data_received(self, data):
+        transport, self.transport = self.transport, None
+        if transport is None:
+            return
+        word = data[:1]
+        app = self.worker.server.app
+        if word == FIGURES:
+            answer = self.worker.dump()
+        elif word in (CLEAR_KV, CLEAR_ALL):
+            answer = clear_caches(app, word == CLEAR_ALL)
+        else:
+            answer = None
+        transport.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
         transport.close()
 
 
@@ -227,6 +260,7 @@ class View:
         self._reasons: list[str] = []
         health_api.register(self)
         metrics_api.register(self)
+        self.router.add("GET", "/kv-cache/metrics", lambda req: json_response(self.kv.metrics()))
 
     def refresh(self, parts: list[dict], count: int) -> "View":
         self.kv = cluster.KV([p["kv"] for p in parts])
