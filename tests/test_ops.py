@@ -321,6 +321,11 @@ def test_workers_kv_caches_shown_and_cleared_together():
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200 and r.read() == b""
         assert get_json(s.url + "/kv-cache/metrics")["usage"]["cached_blocks"] == 0
+        # the simulated GPUs are one set, in worker 0, fed by the whole server's load: their energy counter
+        # never goes back from one scrape to the next, whichever worker the connection landed on
+        energy = [get_json(s.url + "/dcgm/metrics/json")["gpus"][0]["fields"]["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]
+                  for _ in range(20)]
+        assert energy == sorted(energy), energy
     finally:
         assert s.stop() == 0
 

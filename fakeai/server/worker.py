@@ -19,7 +19,10 @@ ordinary health and metrics handlers were registered on, and runs the handler
 on it. /health's `server.workers` says how many workers answered and their pids.
 
 State: files, batches, stored responses and generated images live in one
-process, worker 0. Another worker that parses the head of a request for one
+process, worker 0; so do the simulated GPUs of /dcgm/* (their power,
+temperature and energy integrate over time: one state, or a counter would
+go back between scrapes answered by different workers), which read the
+whole server's load through the View like /metrics. Another worker that parses the head of a request for one
 of them (STATEFUL paths) hands the whole connection over: the socket's file
 descriptor and the bytes read so far go to worker 0 over
 `<rundir>/state.sock` (SCM_RIGHTS), this worker forgets the connection
@@ -48,10 +51,11 @@ from fakeai.server.router import Router
 log = logging.getLogger("fakeai")
 
 PEER_TIMEOUT = 2.0
-ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics", "/kv-cache/metrics")
+ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics", "/kv-cache/metrics",
+          "/dcgm/metrics", "/dcgm/metrics/json")
 FIGURES, CLEAR_KV, CLEAR_ALL = b"F", b"K", b"A"  # what a peer asks on the figures socket
 STATEFUL = (b"/v1/files", b"/files", b"/v1/batches", b"/batches", b"/v1/responses", b"/responses",
-            b"/v1/images/", b"/images/")
+            b"/v1/images/", b"/images/", b"/dcgm/")
 HANDOFF_TIMEOUT = 1.0
 
 
