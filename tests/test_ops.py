@@ -330,6 +330,35 @@ def test_workers_kv_caches_shown_and_cleared_together():
         assert s.stop() == 0
 
 
+def test_workers_metrics_stream_counts_the_whole_server():
+    """/metrics/streaming on one worker reports every worker's requests: the rates it sends, times the time
+    between its snapshots, add up to the requests made on fresh connections (spread over both workers)."""
+    import websocket  # websocket-client
+
+    s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log")
+    try:
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        ws = websocket.create_connection(s.url.replace("http", "ws") + "/metrics/streaming?interval=0.2"
+                                         "&fields=requests_per_second", timeout=10)
+        try:
+            first = json.loads(ws.recv())
+            for _ in range(20):
+                req = urllib.request.Request(s.url + "/v1/chat/completions", json.dumps({**CHAT, "max_tokens": 2})
+                                             .encode(), {"content-type": "application/json"})
+                urllib.request.urlopen(req, timeout=10).read()
+            total, last = 0.0, first["timestamp"]
+            while total < 19.5:
+                m = json.loads(ws.recv())
+                total += m["requests_per_second"] * (m["timestamp"] - last)
+                last = m["timestamp"]
+                assert last - first["timestamp"] < 30, total
+            assert abs(total - 20) < 0.5, total
+        finally:
+            ws.close()
+    finally:
+        assert s.stop() == 0
+
+
 def test_a_stuck_worker_is_replaced():
     s = ServerProc("--workers", "2", "--worker-timeout", "1", "--ttft-ms", "0", "--no-access-log")
     try:

@@ -14,6 +14,8 @@ and falls back to /prometheus/metrics, which always answers text).
 {"interval": 2, "fields": [...]} at any time; `filter` is an alias of
 `fields`): rates are over the time since the previous snapshot. A client
 that does not read is skipped (no snapshot queued past 1 MB), not buffered.
+With workers, server/worker.py passes the whole server's View and a `refresh`
+coroutine that gathers every worker's figures before each snapshot.
 With metrics disabled these endpoints answer 404.
 """
 from __future__ import annotations
@@ -62,13 +64,18 @@ def _disabled(what: str, option: str = "metrics_enabled") -> ApiError:
 class MetricsStream:
     """One /metrics/streaming client."""
 
-    def __init__(self, app, ws, interval: float, fields):
+    def __init__(self, app, ws, interval: float, fields, refresh=None):
         self.app = app
         self.ws = ws
         self.interval = interval
         self.fields = fields
-        self.prev = self._counts()
-        self.timer = ws.loop.call_later(interval, self.tick)
+        self.refresh = refresh  # with workers: a coroutine bringing `app` (the whole server's figures) up to date
+        self.timer = self.task = self.prev = None
+        if refresh is None:
+            self.prev = self._counts()
+            self.timer = ws.loop.call_later(interval, self.tick)
+        else:
+            self.task = ws.loop.create_task(self._refreshed(True))
 
     def _counts(self):
         m = self.app.metrics
@@ -99,9 +106,27 @@ class MetricsStream:
         return {"type": "metrics", "timestamp": round(time.time(), 3), "interval": self.interval, **out}
 
     def tick(self):
-        ws = self.ws
-        if ws.closed:
+        self.timer = None
+        if self.ws.closed:
             return
+        if self.refresh is not None:
+            self.task = self.ws.loop.create_task(self._refreshed(False))
+            return
+        self._send()
+
+    async def _refreshed(self, first: bool):
+        await self.refresh()
+        self.task = None
+        if self.ws.closed:
+            return
+        if first:
+            self.prev = self._counts()
+            self.timer = self.ws.loop.call_later(self.interval, self.tick)
+        else:
+            self._send()
+
+    def _send(self):
+        ws = self.ws
         if ws.buffered < 1 << 20:
             ws.send_text(orjson.dumps(self.snapshot()))
         self.timer = ws.loop.call_later(self.interval, self.tick)
@@ -121,13 +146,17 @@ class MetricsStream:
         self.fields = fields
         if interval != self.interval:
             self.interval = interval
-            self.timer.cancel()
-            self.timer = self.ws.loop.call_later(interval, self.tick)
+            if self.timer is not None:  # else a refresh is on its way and arms the timer with the new interval
+                self.timer.cancel()
+                self.timer = self.ws.loop.call_later(interval, self.tick)
         self.ws.send_text(orjson.dumps({"type": "config", "interval": self.interval,
                                         "fields": list(self.fields or STREAM_FIELDS)}))
 
     def on_close(self, code: int, reason: str):
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _interval(v) -> float:
@@ -183,17 +212,23 @@ def register(app):
             raise _disabled("DCGM metrics", "metrics_enabled / dcgm_enabled")
         return json_response(gpus.json())
 
-    def streaming(req, ws):
-        if not enabled:
-            raise _disabled("Metrics")
-        q = parse_qs(req.query_string)
-        interval = _interval(q["interval"][-1]) if "interval" in q else 1.0
-        fields = _fields((q.get("fields") or q.get("filter") or [None])[-1])
-        return MetricsStream(app, ws, interval, fields)
-
     app.router.add("GET", "/metrics", metrics)
     app.router.add("GET", "/metrics/prometheus", prom)
     app.router.add("GET", "/prometheus/metrics", prom)
     app.router.add("GET", "/dcgm/metrics", dcgm_text)
     app.router.add("GET", "/dcgm/metrics/json", dcgm_json)
-    app.router.add_ws("/metrics/streaming", streaming)
+    app.router.add_ws("/metrics/streaming", streaming(app))
+
+
+def streaming(app, refresh=None):
+    """The /metrics/streaming WebSocket factory over `app`'s figures (with workers: the View and its refresh)."""
+    enabled = app.metrics.enabled
+
+    def factory(req, ws):
+        if not enabled:
+            raise _disabled("Metrics")
+        q = parse_qs(req.query_string)
+        interval = _interval(q["interval"][-1]) if "interval" in q else 1.0
+        fields = _fields((q.get("fields") or q.get("filter") or [None])[-1])
+        return MetricsStream(app, ws, interval, fields, refresh)
+    return factory

@@ -101,6 +101,7 @@ class Worker:
             app.router.add("GET", route, self.answer)
         for route in kv_api.CLEAR_ROUTES:
             app.router.add("POST", route, self.clear)
+        app.router.add_ws("/metrics/streaming", metrics_api.streaming(self.view, self.whole))
         if self.count > 1:
             if self.index == 0:
                 self._adopt_from(loop, os.path.join(self.rundir, "state.sock"))
@@ -176,10 +177,14 @@ class Worker:
         return dict(cluster.dump(self.server.app, self.server.stats()), index=self.index)
 
     async def answer(self, req):
+        handler, _ = (await self.whole()).router.resolve("GET", req.path)
+        return handler(req)
+
+    async def whole(self) -> "View":
+        """The View brought up to date with every worker's figures."""
         parts = [self.dump(), *(d for d in await self._ask_peers(FIGURES) if d is not None)]
         parts.sort(key=lambda p: p["index"])  # the simulated KV workers in a stable order
-        handler, _ = self.view.refresh(parts, self.count).router.resolve("GET", req.path)
-        return handler(req)
+        return self.view.refresh(parts, self.count)
 
     async def clear(self, req):
         """The KV clear endpoints: every worker's simulated cache (aiperf resets it between runs)."""
