@@ -621,3 +621,40 @@ def test_rate_limits_event_from_the_policy_headers():
         {"name": "requests", "limit": 500, "remaining": 499, "reset_seconds": 0.12},
         {"name": "tokens", "limit": 200000, "remaining": 199000, "reset_seconds": 3723.5}]
     assert rate_limits(None) == [] and rate_limits([(b"vary", b"Origin")]) == []
+
+
+@pytest.mark.parametrize("model", ["whisper-1", "gpt-4o-mini-transcribe"])
+def test_input_audio_transcription(server, model):
+    """With input_audio_transcription, a committed turn gets its transcript: deltas (gpt-4o transcribe models)
+    then .completed with the transcription model's usage, words for the audio's length as
+    /v1/audio/transcriptions gives them, and the item's transcript filled in."""
+    ws, _ = connect(server)
+    try:
+        send(ws, type="session.update", session={"turn_detection": None,
+                                                 "input_audio_transcription": {"model": model}})
+        updated = until(ws, "session.updated")[-1]
+        assert updated["session"]["input_audio_transcription"]["model"] == model
+        pcm = speechlike(4.0)
+        send(ws, type="input_audio_buffer.append", audio=base64.b64encode(pcm.tobytes()).decode())
+        send(ws, type="input_audio_buffer.commit")
+        events = until(ws, "conversation.item.input_audio_transcription.completed")
+        item_id = next(e for e in events if e["type"] == "input_audio_buffer.committed")["item_id"]
+        done = events[-1]
+        assert done["item_id"] == item_id and done["content_index"] == 0
+        deltas = [e["delta"] for e in events if e["type"] == "conversation.item.input_audio_transcription.delta"]
+        words = done["transcript"].split()
+        assert len(words) == 10  # 4 s at 150 words a minute
+        if model == "whisper-1":
+            assert deltas == [] and done["usage"] == {"type": "duration", "seconds": 4}
+        else:
+            assert "".join(deltas) == done["transcript"]
+            assert done["usage"]["input_token_details"]["audio_tokens"] == 40
+            assert done["usage"]["output_tokens"] == len(deltas)
+        send(ws, type="conversation.item.retrieve", item_id=item_id)
+        got = until(ws, "conversation.item.retrieved")[-1]["item"]
+        assert got["content"][0]["transcript"] == done["transcript"]
+        send(ws, type="session.update", session={"input_audio_transcription": {"model": "nope"}})
+        err = until(ws, "error")[-1]["error"]
+        assert err["param"] == "session.input_audio_transcription.model"
+    finally:
+        ws.close()

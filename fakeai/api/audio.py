@@ -167,6 +167,22 @@ def transcript_words(app, seed: int, seconds: float) -> list[str]:
     return words
 
 
+def transcript_of(app, seed: int, seconds: float, model: str, encoding: str, prompt: str = ""):
+    """-> (words, text, its tokens, input tokens, usage as OpenAI reports it: seconds for whisper-1, tokens for
+    the gpt-4o transcribe models)."""
+    words = transcript_words(app, seed, seconds)
+    text = " ".join(words)
+    pieces = app.tokenizer.pieces(text, encoding)
+    prompt_tokens = app.tokenizer.count(prompt, encoding)
+    audio_in = A.audio_tokens(seconds)
+    if model == "whisper-1":
+        return words, text, pieces, audio_in + prompt_tokens, {"type": "duration", "seconds": math.ceil(seconds)}
+    return words, text, pieces, audio_in + prompt_tokens, {
+        "type": "tokens", "input_tokens": audio_in + prompt_tokens,
+        "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio_in},
+        "output_tokens": len(pieces), "total_tokens": audio_in + prompt_tokens + len(pieces)}
+
+
 def _stamp(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
@@ -265,21 +281,10 @@ def transcribe(app, req, task: str):
         raise C.type_error("stream", "a boolean", stream)
     stream = stream == "true" and not whisper  # OpenAI: ignored for whisper-1
 
-    words = transcript_words(app, zlib.crc32(upload.data), duration)
-    text = " ".join(words)
-    tok = app.tokenizer
-    pieces = tok.pieces(text, info.encoding)  # the output tokens
+    words, text, pieces, input_tokens, usage = transcript_of(app, zlib.crc32(upload.data), duration, name,
+                                                             info.encoding, prompt)
     out_tokens = len(pieces)
-    prompt_tokens = tok.count(prompt, info.encoding)
-    audio_in = A.audio_tokens(duration)
-    if whisper:
-        usage = {"type": "duration", "seconds": math.ceil(duration)}
-    else:
-        usage = {"type": "tokens", "input_tokens": audio_in + prompt_tokens,
-                 "input_token_details": {"text_tokens": prompt_tokens, "audio_tokens": audio_in},
-                 "output_tokens": out_tokens, "total_tokens": audio_in + prompt_tokens + out_tokens}
-    plan, timing, _ = C.admit_check(app, req, {"stream": stream}, name, audio_in + prompt_tokens,
-                                    choices=[(0, pieces, "stop")])
+    plan, timing, _ = C.admit_check(app, req, {"stream": stream}, name, input_tokens, choices=[(0, pieces, "stop")])
     if stream:
         return _stream(app, req, plan, pieces, text, usage, timing)
 

@@ -26,7 +26,10 @@ emit speech_started (audio_start_ms includes prefix_padding_ms) and speech_stopp
 with create_response, start a response (after the running one, if a response is still
 going); speech starting during a response cancels it (interrupt_response). While nobody
 speaks only the last prefix_padding_ms of the buffer is kept. Audio tokens are
-engine/audio.py's (OpenAI's rates: 10 a second in, 20 out).
+engine/audio.py's (OpenAI's rates: 10 a second in, 20 out). With input_audio_transcription
+on, a committed turn is transcribed as /v1/audio/transcriptions would transcribe audio of
+its length (api/audio.py transcript_of), announced after the item as OpenAI's separate
+ASR pass does: deltas (gpt-4o transcribe models) then .completed with that model's usage.
 
 Responses. A reply is planned like a chat completion: text from the shared token stream,
 its length drawn from completion_length_mean/stddev and capped by
@@ -57,13 +60,14 @@ import os
 import random
 import re
 import time
+import zlib
 from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
 
 from fakeai._speedups import load
-from fakeai.api import common as C
+from fakeai.api import audio as audio_api, common as C
 from fakeai.engine import audio as speech_engine
 from fakeai.engine import rtaudio as A
 from fakeai.engine import tools as T
@@ -204,6 +208,21 @@ def _object_or_none(v, param: str):
     return None if v is None else _typed(v, (dict,), param, "an object")
 
 
+_TRANSCRIBERS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+
+
+def _transcription(v, param: str):
+    """input_audio_transcription: null (off) or {model (whisper-1 when absent), language, prompt}."""
+    if v is None:
+        return None
+    _typed(v, (dict,), param, "an object")
+    out = dict(v, model=_choice(v.get("model", "whisper-1"), f"{param}.model", _TRANSCRIBERS))
+    for key in ("language", "prompt"):
+        if v.get(key) is not None:
+            _typed(v[key], (str,), f"{param}.{key}", "a string")
+    return out
+
+
 def _modalities(v, param: str) -> list:
     for i, m in enumerate(_typed(v, (list,), param, "an array")):
         _choice(m, f"{param}[{i}]", ("text", "audio"))
@@ -236,8 +255,8 @@ _SETTINGS = (
     (("audio", "output", "format"), "output_audio_format", _ga_format, False),
     (("turn_detection",), "turn_detection", _turn_detection, True),
     (("audio", "input", "turn_detection"), "turn_detection", _turn_detection, True),
-    (("input_audio_transcription",), "input_audio_transcription", _object_or_none, True),
-    (("audio", "input", "transcription"), "input_audio_transcription", _object_or_none, True),
+    (("input_audio_transcription",), "input_audio_transcription", _transcription, True),
+    (("audio", "input", "transcription"), "input_audio_transcription", _transcription, True),
     (("temperature",), "temperature", _temperature, False),
     (("speed",), "speed", _speed, False),
     (("audio", "output", "speed"), "speed", _speed, False),
@@ -709,6 +728,28 @@ class Session:
         item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user",
                 "content": [{"type": "input_audio", "transcript": None}]}
         self.add_item(item, None, audio)
+        if self.config["input_audio_transcription"] is not None:
+            self.ws.loop.call_soon(self._transcribe, item, audio, self.config["input_audio_transcription"])
+
+    def _transcribe(self, item: dict, audio, how: dict) -> None:
+        """Input transcription (after the item is announced, as OpenAI's runs beside the response): the words
+        /v1/audio/transcriptions gives audio of that length, streamed as deltas by the gpt-4o transcribe
+        models, then completed with the transcription model's usage; the item's transcript is filled in."""
+        if self.ws.closed:
+            return
+        model = how["model"]
+        seconds = len(audio) / A.RATE
+        _, text, pieces, _, usage = audio_api.transcript_of(
+            self.app, zlib.crc32(audio.tobytes()), seconds, model, self.app.catalog.get_or_create(model).encoding,
+            how.get("prompt") or "")
+        if item["id"] in self.items:
+            item["content"][0]["transcript"] = text
+        if model != "whisper-1":
+            for piece in pieces:
+                self.send("conversation.item.input_audio_transcription.delta", item_id=item["id"], content_index=0,
+                          delta=piece)
+        self.send("conversation.item.input_audio_transcription.completed", item_id=item["id"], content_index=0,
+                  transcript=text, usage=usage)
 
     # -- responses
     def respond(self, r: dict) -> None:
