@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 
 import httpx
@@ -264,6 +265,51 @@ def test_events_replay_to_the_cache_state():
             client.completions.create(model="m", prompt=LONG, max_tokens=1)
             expect = sizes()
             _events(lines, state, lambda st: {k: len(v) for k, v in st.items()} == expect)
+    finally:
+        assert s.stop() == 0
+        assert "Traceback" not in s.log()
+
+
+def test_events_replay_across_workers():
+    """--workers 2: one feed carries both processes' events, worker ids numbered as /kv-cache/metrics numbers
+    them (process p's worker i is p x 2 + i), and replaying it gives the whole server's cache state."""
+    s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log", "--min-tokens-for-cache",
+                   "32", "--kv-cache-num-workers", "2", "--kv-cache-capacity-blocks", "60")
+
+    def sizes():
+        ws = _get(s, "/kv-cache/metrics")["smart_router"]["worker_stats"]
+        return {int(k.split("_")[1]): v["cached_blocks"] for k, v in ws.items()}
+
+    def fresh(prompt):  # a new connection each time: both processes serve some
+        with httpx.Client() as h:
+            h.post(s.url + "/v1/completions", json={"model": "m", "prompt": prompt, "max_tokens": 1}).raise_for_status()
+
+    try:
+        wait = time.monotonic() + 20
+        while _get(s, "/health")["server"]["workers"]["up"] != 2:
+            assert time.monotonic() < wait, s.log()
+            time.sleep(0.05)
+        with httpx.stream("GET", s.url + "/kv-cache/events", timeout=10) as resp:
+            lines = resp.iter_lines()
+            state: dict[int, set] = {}
+
+            def replayed(st):
+                return {k: len(v) for k, v in st.items()} == expect
+
+            expect = {w: 0 for w in range(4)}
+            _events(lines, state, replayed)
+            for k in range(20):
+                fresh(f"Prompt {k % 5} " + LONG[: 200 + 40 * k])
+            expect = sizes()
+            assert sum(expect[w] for w in (0, 1)) and sum(expect[w] for w in (2, 3)), expect
+            _events(lines, state, replayed)
+            assert state.keys() == {0, 1, 2, 3}
+            _post(s, "/admin/clear-kv-cache")
+            expect = {w: 0 for w in range(4)}
+            _events(lines, state, replayed)
+            assert not any(sizes().values())
+        r = httpx.get(s.url + "/kv-cache/events?worker_id=4", timeout=5)
+        assert r.status_code == 400 and "0 to 3" in r.json()["error"]["message"]
     finally:
         assert s.stop() == 0
         assert "Traceback" not in s.log()

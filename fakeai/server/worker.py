@@ -53,7 +53,7 @@ log = logging.getLogger("fakeai")
 PEER_TIMEOUT = 2.0
 ROUTES = ("/health", "/v1/health", "/metrics", "/metrics/prometheus", "/prometheus/metrics", "/kv-cache/metrics",
           "/dcgm/metrics", "/dcgm/metrics/json")
-FIGURES, CLEAR_KV, CLEAR_ALL = b"F", b"K", b"A"  # what a peer asks on the figures socket
+FIGURES, CLEAR_KV, CLEAR_ALL = b"F", b"K", b"A"  # what a peer asks on the figures socket (and kv_api.EVENTS)
 STATEFUL = (b"/v1/files", b"/files", b"/v1/batches", b"/batches", b"/v1/responses", b"/responses",
             b"/v1/images/", b"/images/", b"/dcgm/")
 HANDOFF_TIMEOUT = 1.0
@@ -102,6 +102,9 @@ class Worker:
         for route in kv_api.CLEAR_ROUTES:
             app.router.add("POST", route, self.clear)
         app.router.add_ws("/metrics/streaming", metrics_api.streaming(self.view, self.whole))
+        n = app.kv.num_workers
+        kv_api.events_routes(app, self.count, (self.index * n, [(peer_path(self.rundir, i), i * n)
+                                                                for i in range(self.count) if i != self.index]))
         if self.count > 1:
             if self.index == 0:
                 self._adopt_from(loop, os.path.join(self.rundir, "state.sock"))
@@ -233,9 +236,14 @@ class _Publish(asyncio.Protocol):
     def __init__(self, worker: Worker):
         self.worker = worker
         self.transport = None
+        self.relay = None
 
     def connection_made(self, transport):
         self.transport = transport
+
+    def connection_lost(self, exc):
+        if self.relay is not None:
+            self.relay.stop()
 
     def data_received(self, data):
         transport, self.transport = self.transport, None
@@ -243,6 +251,9 @@ class _Publish(asyncio.Protocol):
             return
         word = data[:1]
         app = self.worker.server.app
+        if word == kv_api.EVENTS and app.kv.enabled:  # stays open: this worker's KV events, as they come
+            self.relay = kv_api.Relay(app, transport, asyncio.get_running_loop())
+            return
         if word == FIGURES:
             answer = self.worker.dump()
         elif word in (CLEAR_KV, CLEAR_ALL):
