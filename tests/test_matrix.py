@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import wave
 
 import httpx
@@ -34,6 +35,7 @@ CONFIGS = {
                             "--min-tokens-for-cache", "16", "--kv-cache-block-size", "4",
                             "--stream-keepalive-enabled", "--stream-keepalive-interval-seconds", "0.01",
                             "--batch-lines-per-second", "1000"],
+    "workers": ["--workers", "2", "--min-tokens-for-cache", "16"],  # handoffs to worker 0, whole-server views
 }
 SYSTEM = "You are a careful assistant who explains things step by step. " * 8
 WEATHER = {"type": "function", "function": {
@@ -192,6 +194,11 @@ def test_whole_surface_under(name):
     s = ServerProc("--no-access-log", *(["--ttft-ms", "0", "--itl-ms", "0"] if name != "latency-small-cache" else []),
                    *CONFIGS[name])
     try:
+        if "--workers" in CONFIGS[name]:
+            deadline = time.monotonic() + 20
+            while httpx.get(s.url + "/health").json()["server"]["workers"]["up"] < 2:
+                assert time.monotonic() < deadline, s.log()
+                time.sleep(0.05)
         wrong = exercise(s.url)
     finally:
         code = s.stop()
