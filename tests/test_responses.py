@@ -177,6 +177,24 @@ def test_previous_response_id_continues_the_conversation(client):
     assert second.previous_response_id == first.id
 
 
+def test_item_references_stand_for_stored_items(client):
+    """Referencing a stored response's input and output items is the same conversation as chaining it."""
+    first = client.responses.create(model=MODEL, input="What is Python?", max_output_tokens=40)
+    chained = client.responses.create(model=MODEL, input="Tell me more.", previous_response_id=first.id,
+                                      max_output_tokens=40)
+    asked = client.responses.input_items.list(first.id).data[0]
+    referenced = client.responses.create(model=MODEL, max_output_tokens=40, input=[
+        {"type": "item_reference", "id": asked.id}, {"type": "item_reference", "id": first.output[-1].id},
+        {"role": "user", "content": "Tell me more."}])
+    assert referenced.usage.input_tokens == chained.usage.input_tokens
+    listed = client.responses.input_items.list(referenced.id, order="asc").data
+    assert [it.id for it in listed[:2]] == [asked.id, first.output[-1].id]
+    assert listed[1].content[0].text == first.output_text
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input=[{"type": "item_reference", "id": "msg_nope"}])
+    assert e.value.body["param"] == "input[0].id" and "msg_nope" in e.value.body["message"]
+
+
 def test_instructions_do_not_carry_over(client):
     first = client.responses.create(model=MODEL, input="Hi", instructions="A long set of instructions " * 20,
                                     max_output_tokens=16)

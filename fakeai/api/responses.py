@@ -151,8 +151,12 @@ def _content(role, content, p):
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
-def read_input(raw):
-    """`input` -> (items as input_items lists them, the same turns as chat messages)."""
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
+
+
+def read_input(raw, find=None):
+    """`input` -> (items as input_items lists them, the same turns as chat messages). An `item_reference`
+    stands for a stored item (`find(id)`: an input or output item of a stored response) as if given inline."""
     if raw is None:
         raise ApiError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     if type(raw) is str:
@@ -170,6 +174,12 @@ def read_input(raw):
         if type(it) is not dict:
             raise C.type_error(p, "an object", it)
         kind = it.get("type") or "message"
+        if kind == "item_reference":
+            ref = _string(it, "id", p)
+            it = find(ref) if find is not None else None
+            if it is None:
+                raise ApiError(400, f"Item with id '{ref}' not found.", param=f"{p}.id", code="invalid_value")
+            kind = it["type"]
         given = it.get("id") if type(it.get("id")) is str else None
         if kind == "message":
             role = it.get("role")
@@ -204,7 +214,7 @@ def read_input(raw):
                 raise C.type_error(f"{p}.summary", "an array", summary)
             items.append({"id": given or _new_id("rs"), "type": "reasoning", "summary": summary})
         else:
-            raise _bad_value(kind, ("message", "function_call", "function_call_output", "reasoning"), f"{p}.type")
+            raise _bad_value(kind, _ITEM_TYPES, f"{p}.type")
     return items, messages
 
 
@@ -756,6 +766,18 @@ class Store:
     def pop(self, rid: str) -> _Stored | None:
         return self.data.pop(rid, None)
 
+    def find_item(self, iid: str) -> dict | None:
+        """An input or output item of a stored response, by id (newest response first; a linear scan, bounded
+        by the store's size: references are rare)."""
+        for rec in reversed(self.data.values()):
+            for it in rec.items:
+                if it["id"] == iid:
+                    return it
+            for it in rec.current().get("output") or ():
+                if it.get("id") == iid:
+                    return it
+        return None
+
 
 # ---------------------------------------------------------------------------------------------- handlers
 
@@ -796,7 +818,7 @@ def create(app, store: Store, req):
         if prev is None:
             raise ApiError(400, f"Previous response with id '{prev_id}' not found.", param="previous_response_id",
                            code="previous_response_not_found")
-    items, messages = read_input(body.get("input"))
+    items, messages = read_input(body.get("input"), store.find_item)
     tools, compiled = _read_tools(body)
     tool_choice, mode, name = _read_tool_choice(body, compiled)
     text, fmt = _read_text(body)
