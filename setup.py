@@ -37,8 +37,9 @@ def extensions():
         from Cython.Build import cythonize
     except ImportError:
         return []
-    exts = [Extension(f"fakeai._speedups.{m}", [f"fakeai/_speedups/{m}.pyx"]) for m in MODULES
-            if os.path.exists(f"fakeai/_speedups/{m}.pyx")]
+    pthread = ["-pthread"]  # policy.pyx's process-shared mutex (libpthread before glibc 2.34)
+    exts = [Extension(f"fakeai._speedups.{m}", [f"fakeai/_speedups/{m}.pyx"], extra_compile_args=pthread,
+                      extra_link_args=pthread) for m in MODULES if os.path.exists(f"fakeai/_speedups/{m}.pyx")]
     return cythonize(exts, language_level=3, quiet=True,
                      compiler_directives={"boundscheck": False, "wraparound": False})
 

@@ -46,11 +46,11 @@ def rendered(pairs) -> bytes:
     return b"".join(b"%s: %s\r\n" % kv for kv in pairs)
 
 
-def limiter(mod, rpm, tpm, now=0):
-    """policy/ratelimit.py's RateLimiter on the given twin's Buckets."""
+def limiter(mod, rpm, tpm, now=0, sets=None):
+    """policy/ratelimit.py's RateLimiter on the given twin's Buckets (a table of `sets` sets: the default's)."""
     cls = type("Limiter", (mod.Buckets,), {"refused": ratelimit.RateLimiter.refused,
                                            "too_large": ratelimit.RateLimiter.too_large})
-    lim = cls(now)
+    lim = cls(now) if sets is None else cls(now, sets)
     lim.set_limits(rpm, tpm)
     return lim
 
@@ -151,13 +151,16 @@ def test_header_memo_is_bounded_and_right(mod):
 
 # ---------------------------------------------------------------- rate-limit buckets and tickets
 
-def test_buckets_twins_give_the_same_figures():
+@pytest.mark.parametrize("callers,sets", [("abc", None), ([f"c{i}" for i in range(40)], 2)])
+def test_buckets_twins_give_the_same_figures(callers, sets):
+    """Random operations, for a few callers and for more than a small table holds (evictions, reused ways): the
+    same levels, the same headers and refusals, the same handles pruned."""
     rng = random.Random(6)
-    lims = [limiter(twin(t), 40, 5000) for t in TWINS]
+    lims = [limiter(twin(t), 40, 5000, sets=sets) for t in TWINS]
     held = [{}, {}]
     now = 0
     for _ in range(3000):
-        op, who, tokens = rng.choice(("req", "req", "tok", "back")), rng.choice("abc"), rng.randint(0, 6000)
+        op, who, tokens = rng.choice(("req", "req", "tok", "back")), rng.choice(callers), rng.randint(0, 6000)
         now += rng.choice((0, 1, 999_999, 1_500_000_007, 40_000_000_000))
         results = [[], []]
         for lim, mine, out in zip(lims, held, results):
@@ -175,6 +178,10 @@ def test_buckets_twins_give_the_same_figures():
             except ApiError as exc:
                 out.append((exc.status, exc.type, exc.message, exc.headers))
         assert results[0] == results[1], (op, who, now)
+        if rng.random() < 0.01:
+            for lim in lims:
+                lim._prune(now)
+            assert set(lims[0].buckets) == set(lims[1].buckets)
 
 
 def test_admit_charge_settle_keep_pairs_and_lines_together(mod):

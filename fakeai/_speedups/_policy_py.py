@@ -11,30 +11,57 @@
 # detection memos have not judged yet (the subclass's `inspect`), error injection (`inject`).
 #
 # Rate limits: each caller has two continuously refilled buckets (request units and tokens), their
-# levels floats, their times integer ns of CLOCK_MONOTONIC; Buckets holds them (a dict keyed by
-# caller) and does what every rate-limited request costs, in one call each: admit (refill, take one
+# levels floats, their times integer ns of CLOCK_MONOTONIC. They live in one table in shared memory
+# (Buckets.__init__ maps it; every process forked afterwards, every worker, shares it), so the
+# limits hold for the whole server: SETS sets of WAYS slots {key, req, tok, t} of 32 bytes (the same
+# layout in both twins) after a HEADER of 64 bytes; a caller's 64-bit key (caller_key: BLAKE2b, the
+# same in every process) picks its set; a caller not in its set takes a free way (never used, or
+# refilled completely: a full bucket is a new one), else the least recently used (t), whose caller
+# starts full again. Each process keeps a handle per caller (Bucket: the key, the slot index, the
+# levels its last operation left, which its headers show); every read-modify-write (refill and take,
+# the token charge, the refund, the clamp of set_limits, the prune) holds the table's lock and first
+# checks that the slot still holds the handle's key (else finds it again in its set, or claims a
+# way). The lock: a POSIX record lock (lockf) on the memfd that backs the table, dropped by the
+# kernel when its holder dies, and taken only once the process has forked (os.register_at_fork):
+# alone, a process needs none (the compiled twin's mutex costs ~25 ns; these syscalls, microseconds).
+# Buckets does what every rate-limited request costs, in one call each: admit (refill, take one
 # unit, the request's Ticket into req.policy, the six x-ratelimit-* headers into req.out_headers as
 # pairs and into req.out_head rendered, which the transport writes as is), take_tokens (the token
 # charge; Ticket.charge puts the two token headers in again) and give_back (the refund when the
 # response ends). Header values are rendered once per value and kept, pair and line (bounded):
 # remaining levels and reset times in milliseconds repeat from request to request, so a request
-# formats nothing. A refusal calls the subclass's `refused` / `too_large` for the 429. Idle buckets
-# are dropped by _prune, at most once a minute, when a new caller comes.
+# formats nothing. A refusal calls the subclass's `refused` / `too_large` for the 429. The handles
+# of full or forgotten buckets are dropped by _prune, at most once a minute, when a new caller
+# comes. policy/ratelimit.py's comment gives the bounds of the table.
 #
 # A Ticket is one request's charge (charge: prompt tokens + the completion it may produce; settle:
 # the unused part given back) and its injected mid-stream failure (attach), see policy/core.py.
 from __future__ import annotations
 
 import base64
+import fcntl
+import mmap
+import os
 import re
-from hashlib import sha256
+import struct
+import weakref
+from hashlib import blake2b, sha256
 from time import monotonic_ns
 
+import numpy
 import orjson
 
 from fakeai.server.response import ApiError
 
 MINUTE_NS = 60_000_000_000
+SETS = 4096  # sets of the shared table: SETS x WAYS callers at most (1 MiB)
+WAYS = 8
+HEADER = 64  # the table's first bytes: the compiled twin's lock (this one locks the table's file instead)
+_SLOT = struct.Struct("<Qddq")  # one way: key (caller_key; 0: never used), req, tok, t: 32 bytes
+_SET = struct.Struct("<" + "Qddq" * WAYS)
+_LEVELS = struct.Struct("<ddq")  # req, tok, t at a slot's offset + 8
+_TOK = struct.Struct("<d")  # tok at offset + 16
+_SLOTS = numpy.dtype([("key", "<u8"), ("req", "<f8"), ("tok", "<f8"), ("t", "<i8")])
 
 
 def go_duration(ms: int) -> str:
@@ -80,48 +107,141 @@ def _ceil_ms(ns: float) -> int:
     return -(-int(ns) // 1_000_000) if ns > 0 else 0
 
 
-class Bucket:
-    __slots__ = ("req", "tok", "t")
+def caller_key(who) -> int:
+    """A caller's key in the shared table: 64 bits of BLAKE2b of its API key (bytes) or client IP (str), the same
+    in every process (Python's hash() is salted per interpreter), never 0 (a way never used)."""
+    data = b"b" + who if type(who) is bytes else b"s" + str(who).encode("utf-8", "surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little") or 1
 
-    def __init__(self, req: float, tok: float, t: int):
-        self.req = req  # request units available at time t
-        self.tok = tok  # tokens available at time t
-        self.t = t
+
+_TABLES: weakref.WeakSet = weakref.WeakSet()  # every Buckets: a fork makes their tables shared
+
+
+def _forking() -> None:
+    for table in _TABLES:
+        table.shared = True
+
+
+os.register_at_fork(before=_forking)
+
+
+class Bucket:
+    """A caller's handle, process-local: its key, the index of the slot where it was last found, and its levels
+    as this process last left them (what its headers show: the figures of this request's own operation)."""
+
+    __slots__ = ("req", "tok", "t", "key", "index")
+
+    def __init__(self, key: int, index: int):
+        self.key = key
+        self.index = index
+        self.req = self.tok = 0.0  # request units and tokens available at time t
+        self.t = 0
 
 
 class Buckets:
-    def __init__(self, now: int):
-        self.buckets: dict = {}
+    def __init__(self, now: int, sets: int = SETS):
+        """A new table of `sets` x WAYS slots, in memory shared with every process forked after this."""
+        if sets < 1:
+            raise ValueError("sets must be >= 1")
+        self.buckets: dict = {}  # caller -> its Bucket (process-local)
         self.next_prune = now + MINUTE_NS
+        self.sets = sets
+        fd = os.memfd_create("fakeai-ratelimit", os.MFD_CLOEXEC)
+        self.file = open(fd, "r+b", buffering=0)  # closes the descriptor with this object
+        size = HEADER + sets * WAYS * _SLOT.size
+        os.ftruncate(fd, size)  # zeroed
+        self.map = mmap.mmap(fd, size)  # MAP_SHARED
+        self.fd = fd
+        self.shared = False  # until this process forks: then the lock is needed (and taken)
+        _TABLES.add(self)
+
+    def lock(self) -> None:
+        """Take the table's lock: a POSIX record lock on its file, which the kernel drops if its holder dies."""
+        if self.shared:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        if self.shared:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
 
     def set_limits(self, rpm: int, tpm: int) -> None:
-        """(Re)apply the limits; existing buckets keep their levels, clamped to the new capacities."""
+        """(Re)apply the limits; existing buckets keep their levels, clamped to the new capacities (every
+        process's, in the shared table: each worker does it on a reload, the same clamp)."""
         self.rpm, self.tpm = rpm, tpm
         self.req_cap, self.tok_cap = float(rpm), float(tpm)
         self.req_per_ns, self.tok_per_ns = rpm / MINUTE_NS, tpm / MINUTE_NS
         self.limit_requests = (b"x-ratelimit-limit-requests", b"%d" % rpm)
         self.limit_tokens = (b"x-ratelimit-limit-tokens", b"%d" % tpm)
         self.limit_lines = b"%s: %s\r\n%s: %s\r\n" % (self.limit_requests + self.limit_tokens)
-        for b in self.buckets.values():
-            b.req = min(b.req, self.req_cap)
-            b.tok = min(b.tok, self.tok_cap)
+        self.lock()
+        try:
+            slots = numpy.frombuffer(self.map, _SLOTS, offset=HEADER)
+            numpy.minimum(slots["req"], self.req_cap, out=slots["req"])
+            numpy.minimum(slots["tok"], self.tok_cap, out=slots["tok"])
+            del slots  # the map's buffer is released
+        finally:
+            self.unlock()
 
-    def _refill(self, b: Bucket, now: int) -> None:
-        """Bring a bucket up to `now` (a pruned one still works: it was full, its caller got a fresh one)."""
-        dt = now - b.t
+    def _full(self, req: float, tok: float, t: int, now: int) -> bool:
+        return req + (now - t) * self.req_per_ns >= self.req_cap and tok + (now - t) * self.tok_per_ns >= self.tok_cap
+
+    def _find(self, b: Bucket):
+        """(offset, (req, tok, t)) of b's slot (the lock held) if the table still holds its caller, else None."""
+        at = HEADER + b.index * _SLOT.size
+        key, *levels = _SLOT.unpack_from(self.map, at)
+        if key == b.key:
+            return at, levels
+        first = b.key % self.sets * WAYS
+        ways = _SET.unpack_from(self.map, HEADER + first * _SLOT.size)
+        for i in range(WAYS):
+            if ways[4 * i] == b.key:
+                b.index = first + i
+                return HEADER + b.index * _SLOT.size, ways[4 * i + 1:4 * i + 4]
+        return None
+
+    def _slot(self, b: Bucket, now: int):
+        """(offset, req, tok, t) of b's slot (the lock held) brought up to `now`; if the table no longer holds its
+        caller, a way of its set as a full bucket: the first free one (never used, or refilled completely: a full
+        bucket is a new one), else the least recently used (whose caller starts full again)."""
+        found = self._find(b)
+        if found is None:
+            first = b.key % self.sets * WAYS
+            ways = _SET.unpack_from(self.map, HEADER + first * _SLOT.size)
+            pick = 0
+            for i in range(WAYS):
+                key, req, tok, t = ways[4 * i:4 * i + 4]
+                if key == 0 or self._full(req, tok, t, now):
+                    pick = i
+                    break
+                if t < ways[4 * pick + 3]:
+                    pick = i
+            b.index = first + pick
+            at = HEADER + b.index * _SLOT.size
+            _SLOT.pack_into(self.map, at, b.key, self.req_cap, self.tok_cap, now)
+            return at, self.req_cap, self.tok_cap, now
+        at, (req, tok, t) = found
+        dt = now - t
         if dt > 0:
-            b.t = now
-            level = b.req + dt * self.req_per_ns
-            b.req = level if level < self.req_cap else self.req_cap
-            level = b.tok + dt * self.tok_per_ns
-            b.tok = level if level < self.tok_cap else self.tok_cap
+            t = now
+            level = req + dt * self.req_per_ns
+            req = level if level < self.req_cap else self.req_cap
+            level = tok + dt * self.tok_per_ns
+            tok = level if level < self.tok_cap else self.tok_cap
+        return at, req, tok, t
 
     def _prune(self, now: int) -> None:
+        """Forget (this process's handles of) the callers whose bucket is full or gone from the table."""
         self.next_prune = now + MINUTE_NS
-        full = [who for who, b in self.buckets.items()
-                if b.req + (now - b.t) * self.req_per_ns >= self.req_cap
-                and b.tok + (now - b.t) * self.tok_per_ns >= self.tok_cap]
-        for who in full:
+        self.lock()
+        try:
+            gone = []
+            for who, b in self.buckets.items():
+                found = self._find(b)
+                if found is None or self._full(*found[1], now):
+                    gone.append(who)
+        finally:
+            self.unlock()
+        for who in gone:
             del self.buckets[who]
 
     def take_request(self, who, now: int) -> Bucket:
@@ -130,12 +250,17 @@ class Buckets:
         if b is None:
             if now >= self.next_prune:
                 self._prune(now)
-            b = self.buckets[who] = Bucket(self.req_cap, self.tok_cap, now)
-        else:
-            self._refill(b, now)
-        if b.req < 1:
-            raise self.refused(b, "requests", self.rpm, b.req, 1, None)
-        b.req -= 1
+            key = caller_key(who)
+            b = self.buckets[who] = Bucket(key, key % self.sets * WAYS)
+        self.lock()
+        try:
+            at, level, tok, t = self._slot(b, now)
+            b.req, b.tok, b.t = level - 1 if level >= 1 else level, tok, t
+            _LEVELS.pack_into(self.map, at + 8, b.req, tok, t)
+        finally:
+            self.unlock()
+        if level < 1:
+            raise self.refused(b, "requests", self.rpm, level, 1, None)
         return b
 
     def admit(self, who, now: int, req) -> None:
@@ -166,21 +291,41 @@ class Buckets:
     def take_tokens(self, b: Bucket, tokens: int, model: str, now: int) -> tuple:
         """The request's token estimate -> the (pair, line) of the token headers after it, or the subclass's
         429 (type "tokens"); a refused request gives its unit back."""
-        self._refill(b, now)
-        if tokens > self.tpm:
-            b.req = min(self.req_cap, b.req + 1)
+        large = tokens > self.tpm
+        self.lock()
+        try:
+            at, req, tok, t = self._slot(b, now)
+            refused = large or tok < tokens
+            if refused:
+                level = req + 1
+                req = level if level < self.req_cap else self.req_cap
+                b.tok = tok
+            else:
+                b.tok = tok - tokens
+            b.req, b.t = req, t
+            _LEVELS.pack_into(self.map, at + 8, req, b.tok, t)
+        finally:
+            self.unlock()
+        if large:
             raise self.too_large(b, tokens, model)
-        tok = b.tok
-        if tok < tokens:
-            b.req = min(self.req_cap, b.req + 1)
+        if refused:
             raise self.refused(b, "tokens", self.tpm, tok, tokens, model)
-        b.tok = tok = tok - tokens
+        tok = b.tok
         return _REMAINING_TOKENS(int(tok)), _RESET_TOKENS(_ceil_ms((self.tok_cap - tok) / self.tok_per_ns))
 
     def give_back(self, b: Bucket, tokens: int) -> None:
-        """Return unused tokens (no refill needed first: refill is linear and capped, the order is immaterial)."""
-        level = b.tok + tokens
-        b.tok = level if level < self.tok_cap else self.tok_cap
+        """Return unused tokens (no refill needed first: refill is linear and capped, the order is immaterial;
+        a bucket no longer in the table counts as full: nothing to return)."""
+        self.lock()
+        try:
+            found = self._find(b)
+            if found is not None:
+                at, (req, tok, t) = found
+                level = tok + tokens
+                b.req, b.tok, b.t = req, level if level < self.tok_cap else self.tok_cap, t
+                _TOK.pack_into(self.map, at + 16, b.tok)
+        finally:
+            self.unlock()
 
 
 class Ticket:

@@ -13,33 +13,80 @@
 #
 # Rate limits: each caller has two continuously refilled buckets (request units and tokens), their
 # levels C doubles (the twin's Python floats: the same IEEE arithmetic, so the same figures), their
-# times int64 ns of CLOCK_MONOTONIC; Buckets holds them (a dict keyed by caller) and does what every
-# rate-limited request costs, in one call each: admit (refill, take one unit, the request's Ticket
-# into req.policy, the six x-ratelimit-* headers into req.out_headers as pairs and into req.out_head
-# rendered, which the transport writes as is), take_tokens (the token charge; Ticket.charge puts the
-# two token headers in again) and give_back (the refund when the response ends). Header values are
-# rendered once per value and kept, pair and line (bounded): remaining levels and reset times in
-# milliseconds repeat from request to request, so a request formats nothing. A refusal calls the
-# subclass's `refused` / `too_large` for the 429. Idle buckets are dropped by _prune, at most once a
-# minute, when a new caller comes.
+# times int64 ns of CLOCK_MONOTONIC. They live in one table in shared memory (Buckets.__init__ maps
+# it; every process forked afterwards, every worker, shares it), so the limits hold for the whole
+# server: SETS sets of WAYS slots {key, req, tok, t} of 32 bytes (the same layout in both twins)
+# after a HEADER of 64 bytes; a caller's 64-bit key (caller_key: BLAKE2b, the same in every process)
+# picks its set; a caller not in its set takes a free way (never used, or refilled completely: a
+# full bucket is a new one), else the least recently used (t), whose caller starts full again. Each
+# process keeps a handle per caller (Bucket: the key, the slot index, the levels its last operation
+# left, which its headers show); every read-modify-write (refill and take, the token charge, the
+# refund, the clamp of set_limits, the prune) holds the table's lock and first checks that the slot
+# still holds the handle's key (else finds it again in its set, or claims a way). The lock: a
+# process-shared robust pthread mutex in the HEADER; a holder that dies leaves it to the next
+# (EOWNERDEAD, then pthread_mutex_consistent).
+# Buckets does what every rate-limited request costs, in one call each: admit (refill, take one
+# unit, the request's Ticket into req.policy, the six x-ratelimit-* headers into req.out_headers as
+# pairs and into req.out_head rendered, which the transport writes as is), take_tokens (the token
+# charge; Ticket.charge puts the two token headers in again) and give_back (the refund when the
+# response ends). Header values are rendered once per value and kept, pair and line (bounded):
+# remaining levels and reset times in milliseconds repeat from request to request, so a request
+# formats nothing. A refusal calls the subclass's `refused` / `too_large` for the 429. The handles
+# of full or forgotten buckets are dropped by _prune, at most once a minute, when a new caller
+# comes. policy/ratelimit.py's comment gives the bounds of the table.
 #
 # A Ticket is one request's charge (charge: prompt tokens + the completion it may produce; settle:
 # the unused part given back) and its injected mid-stream failure (attach), see policy/core.py.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp, memcpy
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import base64
-from hashlib import sha256
+from hashlib import blake2b, sha256
 
 import orjson
 
 from fakeai.server.response import ApiError
 
+
+cdef extern from "<errno.h>" nogil:
+    enum: EOWNERDEAD
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    enum: PTHREAD_PROCESS_SHARED
+    enum: PTHREAD_MUTEX_ROBUST
+    int pthread_mutexattr_init(pthread_mutexattr_t*)
+    int pthread_mutexattr_destroy(pthread_mutexattr_t*)
+    int pthread_mutexattr_setpshared(pthread_mutexattr_t*, int)
+    int pthread_mutexattr_setrobust(pthread_mutexattr_t*, int)
+    int pthread_mutex_init(pthread_mutex_t*, const pthread_mutexattr_t*)
+    int pthread_mutex_lock(pthread_mutex_t*)
+    int pthread_mutex_unlock(pthread_mutex_t*)
+    int pthread_mutex_consistent(pthread_mutex_t*)
+
+
+ctypedef struct Slot:  # one way of the shared table, 32 bytes (the twin's struct "<Qddq")
+    unsigned long long key  # caller_key(who); 0: never used
+    double req
+    double tok
+    long long t
+
+
 MINUTE_NS = 60_000_000_000
 cdef long long _MINUTE_NS = 60_000_000_000
 cdef Py_ssize_t _MEMO_MAX = 4096
+cdef enum:
+    _WAYS = 8
+    _HEADER = 64  # the table's first bytes: its lock (a pthread mutex; the twin locks its file instead)
+SETS = 4096  # sets of the shared table: SETS x WAYS callers at most (1 MiB)
+WAYS = _WAYS
+HEADER = _HEADER
 
 
 def go_duration(ms: int) -> str:
@@ -117,77 +164,185 @@ cdef inline long long _ceil_ms(double ns):
     return ((<long long>ns) + 999_999) // 1_000_000 if ns > 0 else 0
 
 
+def caller_key(who) -> int:
+    """A caller's key in the shared table: 64 bits of BLAKE2b of its API key (bytes) or client IP (str), the same
+    in every process (Python's hash() is salted per interpreter), never 0 (a way never used)."""
+    data = b"b" + who if type(who) is bytes else b"s" + str(who).encode("utf-8", "surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little") or 1
+
+
 cdef class Bucket:
+    """A caller's handle, process-local: its key, the index of the slot where it was last found, and its levels
+    as this process last left them (what its headers show: the figures of this request's own operation)."""
     cdef public double req  # request units available at time t
     cdef public double tok  # tokens available at time t
     cdef public long long t
-
-    def __init__(self, double req, double tok, long long t):
-        self.req = req
-        self.tok = tok
-        self.t = t
+    cdef readonly unsigned long long key
+    cdef Py_ssize_t index
 
 
 cdef class Buckets:
-    cdef public dict buckets
+    cdef public dict buckets  # caller -> its Bucket (process-local)
     cdef public long long next_prune
     cdef public object rpm, tpm, limit_requests, limit_tokens, limit_lines
     cdef public double req_cap, tok_cap, req_per_ns, tok_per_ns
+    cdef readonly Py_ssize_t sets
+    cdef char* table
+    cdef size_t size
+    cdef pthread_mutex_t* mutex
+    cdef Slot* slots
 
-    def __init__(self, long long now):
+    def __init__(self, long long now, Py_ssize_t sets=SETS):
+        """A new table of `sets` x WAYS slots, in memory shared with every process forked after this."""
+        cdef pthread_mutexattr_t attr
+        cdef int rc
+        if sets < 1:
+            raise ValueError("sets must be >= 1")
         self.buckets = {}
         self.next_prune = now + _MINUTE_NS
+        if self.table != NULL:
+            munmap(self.table, self.size)
+        self.sets = sets
+        self.size = _HEADER + sets * _WAYS * sizeof(Slot)
+        table = mmap(NULL, self.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)  # zeroed
+        if table == MAP_FAILED:
+            self.table = NULL
+            raise MemoryError("cannot map the rate-limit table")
+        self.table = <char*>table
+        self.mutex = <pthread_mutex_t*>self.table  # sizeof(pthread_mutex_t) <= 48 on 64-bit glibc and musl
+        self.slots = <Slot*>(self.table + _HEADER)
+        pthread_mutexattr_init(&attr)
+        pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)
+        pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)
+        rc = pthread_mutex_init(self.mutex, &attr)
+        pthread_mutexattr_destroy(&attr)
+        if rc:
+            raise OSError(rc, "cannot create the rate-limit table's lock")
+
+    def __dealloc__(self):
+        if self.table != NULL:
+            munmap(self.table, self.size)  # this process's mapping; the others keep theirs
+
+    cdef int _lock(self) except -1:
+        cdef int rc = pthread_mutex_lock(self.mutex)
+        if rc == EOWNERDEAD:  # its holder died inside a critical section: see the module comment
+            pthread_mutex_consistent(self.mutex)
+        elif rc:
+            raise OSError(rc, "cannot lock the rate-limit table")
+        return 0
+
+    def lock(self) -> None:
+        """Take the table's lock (the twin's API; the tests hold it in a process that then dies)."""
+        self._lock()
+
+    def unlock(self) -> None:
+        pthread_mutex_unlock(self.mutex)
 
     def set_limits(self, rpm: int, tpm: int) -> None:
-        """(Re)apply the limits; existing buckets keep their levels, clamped to the new capacities."""
-        cdef Bucket b
+        """(Re)apply the limits; existing buckets keep their levels, clamped to the new capacities (every
+        process's, in the shared table: each worker does it on a reload, the same clamp)."""
+        cdef Slot* s
+        cdef Py_ssize_t i
         self.rpm, self.tpm = rpm, tpm
         self.req_cap, self.tok_cap = float(rpm), float(tpm)
         self.req_per_ns, self.tok_per_ns = rpm / MINUTE_NS, tpm / MINUTE_NS
         self.limit_requests = (b"x-ratelimit-limit-requests", b"%d" % rpm)
         self.limit_tokens = (b"x-ratelimit-limit-tokens", b"%d" % tpm)
         self.limit_lines = b"%s: %s\r\n%s: %s\r\n" % (self.limit_requests + self.limit_tokens)
-        for b in self.buckets.values():
-            b.req = min(b.req, self.req_cap)
-            b.tok = min(b.tok, self.tok_cap)
+        self._lock()
+        for i in range(self.sets * _WAYS):
+            s = self.slots + i
+            if s.req > self.req_cap:
+                s.req = self.req_cap
+            if s.tok > self.tok_cap:
+                s.tok = self.tok_cap
+        pthread_mutex_unlock(self.mutex)
 
-    cdef inline void _refill(self, Bucket b, long long now):
-        """Bring a bucket up to `now` (a pruned one still works: it was full, its caller got a fresh one)."""
-        cdef long long dt = now - b.t
+    cdef inline bint _full(self, Slot* s, long long now):
+        return (s.req + (now - s.t) * self.req_per_ns >= self.req_cap
+                and s.tok + (now - s.t) * self.tok_per_ns >= self.tok_cap)
+
+    cdef Slot* _find(self, Bucket b):
+        """b's slot (the lock held) if the table still holds its caller, else NULL."""
+        cdef Slot* s = self.slots + b.index
+        cdef Slot* way
+        cdef int i
+        if s.key == b.key:
+            return s
+        way = self.slots + (b.key % <unsigned long long>self.sets) * _WAYS
+        for i in range(_WAYS):
+            if way[i].key == b.key:
+                b.index = way + i - self.slots
+                return way + i
+        return NULL
+
+    cdef Slot* _slot(self, Bucket b, long long now):
+        """b's slot (the lock held) brought up to `now`; if the table no longer holds its caller, a way of its set
+        as a full bucket: the first free one (never used, or refilled completely: a full bucket is a new one),
+        else the least recently used (whose caller starts full again)."""
+        cdef Slot* s = self._find(b)
+        cdef Slot* way
+        cdef long long dt
         cdef double level
+        cdef int i
+        if s == NULL:
+            way = s = self.slots + (b.key % <unsigned long long>self.sets) * _WAYS
+            for i in range(_WAYS):
+                if way[i].key == 0 or self._full(way + i, now):
+                    s = way + i
+                    break
+                if way[i].t < s.t:
+                    s = way + i
+            s.key, s.req, s.tok, s.t = b.key, self.req_cap, self.tok_cap, now
+            b.index = s - self.slots
+            return s
+        dt = now - s.t
         if dt > 0:
-            b.t = now
-            level = b.req + dt * self.req_per_ns
-            b.req = level if level < self.req_cap else self.req_cap
-            level = b.tok + dt * self.tok_per_ns
-            b.tok = level if level < self.tok_cap else self.tok_cap
+            s.t = now
+            level = s.req + dt * self.req_per_ns
+            s.req = level if level < self.req_cap else self.req_cap
+            level = s.tok + dt * self.tok_per_ns
+            s.tok = level if level < self.tok_cap else self.tok_cap
+        return s
 
     def _prune(self, long long now) -> None:
+        """Forget (this process's handles of) the callers whose bucket is full or gone from the table."""
         cdef Bucket b
+        cdef Slot* s
         self.next_prune = now + _MINUTE_NS
-        full = []
+        gone = []
+        self._lock()
         for who, b in self.buckets.items():
-            if (b.req + (now - b.t) * self.req_per_ns >= self.req_cap
-                    and b.tok + (now - b.t) * self.tok_per_ns >= self.tok_cap):
-                full.append(who)
-        for who in full:
+            s = self._find(b)
+            if s == NULL or self._full(s, now):
+                gone.append(who)
+        pthread_mutex_unlock(self.mutex)
+        for who in gone:
             del self.buckets[who]
 
     cdef Bucket _take(self, who, long long now):
         cdef object found = self.buckets.get(who)
         cdef Bucket b
+        cdef Slot* s
+        cdef double level
         if found is None:
             if now >= self.next_prune:
                 self._prune(now)
             b = Bucket.__new__(Bucket)
-            b.req, b.tok, b.t = self.req_cap, self.tok_cap, now
+            b.key = caller_key(who)
+            b.index = (b.key % <unsigned long long>self.sets) * _WAYS
             self.buckets[who] = b
         else:
             b = <Bucket>found
-            self._refill(b, now)
-        if b.req < 1:
-            raise self.refused(b, "requests", self.rpm, b.req, 1, None)
-        b.req -= 1
+        self._lock()
+        s = self._slot(b, now)
+        level = s.req
+        if level >= 1:
+            s.req = level - 1
+        b.req, b.tok, b.t = s.req, s.tok, s.t
+        pthread_mutex_unlock(self.mutex)
+        if level < 1:
+            raise self.refused(b, "requests", self.rpm, level, 1, None)
         return b
 
     def take_request(self, who, long long now) -> Bucket:
@@ -235,28 +390,47 @@ cdef class Buckets:
         return self._take_tokens(b, tokens, model, now)
 
     cdef tuple _take_tokens(self, Bucket b, tokens, model, long long now):
-        cdef double tok, want
+        cdef bint large = tokens > self.tpm
+        cdef double want = 0 if large else tokens  # <= tpm <= 10**12: exact in a double
+        cdef double tok, level
         cdef long long ms
-        self._refill(b, now)
-        if tokens > self.tpm:
-            b.req = min(self.req_cap, b.req + 1)
+        cdef bint refused
+        cdef Slot* s
+        self._lock()
+        s = self._slot(b, now)
+        tok = s.tok
+        refused = large or tok < want
+        if refused:
+            level = s.req + 1
+            s.req = level if level < self.req_cap else self.req_cap
+        else:
+            s.tok = tok - want
+        b.req, b.tok, b.t = s.req, s.tok, s.t
+        pthread_mutex_unlock(self.mutex)
+        if large:
             raise self.too_large(b, tokens, model)
-        want = tokens  # <= tpm <= 10**12: exact in a double
-        tok = b.tok
-        if tok < want:
-            b.req = min(self.req_cap, b.req + 1)
+        if refused:
             raise self.refused(b, "tokens", self.tpm, tok, tokens, model)
-        b.tok = tok = tok - want
+        tok = b.tok
         ms = _ceil_ms((self.tok_cap - tok) / self.tok_per_ns)
         return _REMAINING_TOKENS.get(<long long>tok), _RESET_TOKENS.get(ms)
 
     def give_back(self, Bucket b, double tokens) -> None:
-        """Return unused tokens (no refill needed first: refill is linear and capped, the order is immaterial)."""
+        """Return unused tokens (no refill needed first: refill is linear and capped, the order is immaterial;
+        a bucket no longer in the table counts as full: nothing to return)."""
         self._give_back(b, tokens)
 
-    cdef void _give_back(self, Bucket b, double tokens):
-        cdef double level = b.tok + tokens
-        b.tok = level if level < self.tok_cap else self.tok_cap
+    cdef int _give_back(self, Bucket b, double tokens) except -1:
+        cdef Slot* s
+        cdef double level
+        self._lock()
+        s = self._find(b)
+        if s != NULL:
+            level = s.tok + tokens
+            s.tok = level if level < self.tok_cap else self.tok_cap
+            b.req, b.tok, b.t = s.req, s.tok, s.t
+        pthread_mutex_unlock(self.mutex)
+        return 0
 
 
 cdef inline long long _monotonic_ns():

@@ -37,7 +37,12 @@ security on (bench/bench_policy.py measures it).
 Every setting lives in this object and `reload(config)` re-reads them all (keys, limits,
 flags; the fields the compiled check reads are plain attributes set here), keeping rate-limit
 buckets and abuse records, so a SIGHUP reload rotates keys and changes limits without a
-restart, from the next request on. `counters()` feeds the metrics layer.
+restart, from the next request on. The rate limiter's buckets live in a table shared by every
+worker process (policy/ratelimit.py), which must exist before the workers are forked: with
+`workers` > 1 it is built at start-up even while rate limits are off (the supervisor builds the
+App), so a reload that turns them on in each worker finds the same table; once built it is kept
+(`rates`) while they are off, and callers find their levels again when they are turned back on.
+`counters()` feeds the metrics layer.
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ class Policy(_policy.Gate):
         self.app = app
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.limiter = None
+        self.rates = None  # the RateLimiter, kept while rate limits are off (see the module comment)
         self.abuse = None
         self.url_verdicts, self.body_verdicts = security.URL_VERDICTS, security.BODY_VERDICTS
         self.body_longest = security.BODY_VERDICTS.longest
@@ -75,13 +81,11 @@ class Policy(_policy.Gate):
         self.keys = KeyStore(load_keys(cfg.api_keys), cfg.hash_api_keys) if cfg.require_api_key else None
         store = self.keys  # the Gate reads its index and mode directly
         self.key_index, self.key_hashed = (store.index, store.hashed) if store is not None else (None, False)
-        if cfg.rate_limit_enabled:
-            if self.limiter is None:
-                self.limiter = RateLimiter(cfg, now)
-            else:
-                self.limiter.configure(cfg)
-        else:
-            self.limiter = None
+        if self.rates is None and (cfg.rate_limit_enabled or self.app.config.workers > 1):
+            self.rates = RateLimiter(cfg, now)
+        elif cfg.rate_limit_enabled:
+            self.rates.configure(cfg)
+        self.limiter = self.rates if cfg.rate_limit_enabled else None
         if security_on or cfg.enable_abuse_detection:
             if self.abuse is None:
                 self.abuse = security.Abuse(cfg, now)

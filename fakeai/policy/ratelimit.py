@@ -6,20 +6,45 @@ tokens at TPM/60 a second. A request takes one request unit when it arrives (che
 tokens once the handler has counted them (charge: real prompt tokens + the completion it may
 produce, `max_tokens` per choice or, without one, the planned length); when the response ends
 (settle) the unused part of that estimate is given back, so a stream cut after k tokens costs
-prompt + k. Everything runs on the event loop, with no await between test and take, so the
-limits are exact under concurrency: with RPM = N, N parallel requests pass and the next gets 429.
+prompt + k. The levels of every caller live in one table in shared memory, which every worker
+process inherits (it is built before they are forked, see below), and each test-and-take holds
+the table's lock, so the limits are exact for the whole server, whatever `--workers`, and under
+concurrency: with RPM = N, N parallel requests pass and the next gets 429, wherever they land.
 
-Times are integer nanoseconds of CLOCK_MONOTONIC. The wait a 429 announces is the exact time the
-missing units take to refill, rounded up to the millisecond (`retry-after-ms`) and to the second
-(`retry-after`): a retry at that time succeeds unless someone else spent the refill first.
-Headers follow OpenAI: x-ratelimit-limit/remaining/reset-requests and -tokens, resets as Go
-durations ("1s", "6m0s", "120ms") = time until the bucket is full again. A bucket that refilled
-completely is indistinguishable from a new one, so idle buckets are dropped once a minute.
+The table (fakeai/_speedups/policy.pyx, Buckets) is bounded: SETS x WAYS = 4096 x 8 slots of 32
+bytes (1 MiB). A caller's slot is found by a stable 64-bit key (BLAKE2b of its API key or IP,
+computed once per caller and process); a caller takes a way of its set when it comes: a free one
+(never used, or whose bucket refilled completely: a full bucket is indistinguishable from a new
+one), else the least recently used one, whose caller starts full again. So beyond 8 callers
+active at once in a set (32768 callers spread over the sets), the least recent are forgotten,
+and a caller's next request may pass that a longer memory would refuse. Two callers whose keys
+are equal (1 chance in 2^64 per pair) share a bucket. Each process keeps a handle per caller
+(the Bucket the API passes around: take_request's result, Ticket.bucket) with the key and where
+the slot was, checked under the lock, so the request path hashes nothing; handles of full or
+forgotten buckets are dropped once a minute when a new caller comes. The lock: a process-shared
+robust pthread mutex in the table (a worker killed inside the few-ns critical section does not
+wedge the others: the next holder takes it over; a slot half-written then keeps a mix of its old
+and new levels, every field whole); the pure twin locks the table's memfd with a POSIX record
+lock, which the kernel drops when its holder dies (taken only once the process has forked: alone,
+a process needs none, and the syscalls cost microseconds in Python). Capacities are per process: a SIGHUP reaches
+the supervisor then each worker, each applying the same limits and the same clamp of the levels
+(idempotent); in between a worker may still refill to the old capacity. Policy (core.py) builds
+the limiter at start-up when `workers` > 1 even while rate limits are off, so that turning them
+on by a reload finds the shared table in every worker.
+
+Times are integer nanoseconds of CLOCK_MONOTONIC (one clock for every process). The wait a 429
+announces is the exact time the missing units take to refill, rounded up to the millisecond
+(`retry-after-ms`) and to the second (`retry-after`): a retry at that time succeeds unless someone
+else spent the refill first. Headers follow OpenAI: x-ratelimit-limit/remaining/reset-requests and
+-tokens, resets as Go durations ("1s", "6m0s", "120ms") = time until the bucket is full again. A
+bucket that refilled completely is indistinguishable from a new one, so its slot is free for
+another caller.
 
 The per-request work (refill, take, the header pairs, charge, refund) is compiled: RateLimiter
 extends Buckets from fakeai/_speedups/policy.pyx (pure twin _policy_py.py), which renders each
 header value once and keeps it, so a request formats nothing; this module holds the
-configuration and OpenAI's 429s.
+configuration and OpenAI's 429s. The shared table and its lock cost ~0.1 us a request
+(bench/bench_policy.py measures the whole path).
 """
 from __future__ import annotations
 
