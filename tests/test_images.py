@@ -1,4 +1,5 @@
-"""Images: the PNG encoder and picture engine, the URL store, /v1/images/generations and /images/{id}.png.
+"""Images: the PNG encoder and picture engine, the URL store, /v1/images/generations, edits and variations
+(uploads probed from their headers), and /images/{id}.png.
 
 Every PNG is decoded here with zlib and the standard library only: signature, IHDR, each chunk's
 CRC-32, the decompressed size, and the Sub filter undone to compare pixels.
@@ -202,3 +203,94 @@ def test_urls_expire():
     finally:
         assert s.stop() == 0
     assert "Traceback" not in s.log()
+
+
+# ------------------------------------------------------------------ edits and variations
+
+def _png(w, h, transparent):
+    return I.png(I.render("upload", w, h, 0, transparent))
+
+
+def _jpeg_header(w, h):
+    """SOI, an APP0 segment, then a baseline frame header: what probe reads (no scan data follows)."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, h, w, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + sof + b"\xff\xd9"
+
+
+def _webp_vp8x(w, h, alpha):
+    chunk = bytes([0x10 if alpha else 0, 0, 0, 0]) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    body = b"WEBP" + b"VP8X" + struct.pack("<I", len(chunk)) + chunk
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_probe_reads_headers_only():
+    assert (lambda p: (p.format, p.width, p.height, p.alpha))(I.probe(_png(40, 30, True))) == ("png", 40, 30, True)
+    assert (lambda p: (p.format, p.width, p.height, p.alpha))(I.probe(_jpeg_header(640, 480))) == \
+        ("jpeg", 640, 480, False)
+    assert (lambda p: (p.format, p.width, p.height, p.alpha))(I.probe(_webp_vp8x(300, 200, True))) == \
+        ("webp", 300, 200, True)
+    broken = bytearray(_png(8, 8, False))
+    broken[20] ^= 1  # inside IHDR: its CRC no longer matches
+    for bad in (b"GIF89a....", bytes(broken), b"\xff\xd8\xff\xe0\x00"):
+        with pytest.raises(ValueError):
+            I.probe(bad)
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks variations deprecated
+def test_dalle2_edit_and_variation(client):
+    image = _png(64, 64, True)
+    r = client.images.edit(model="dall-e-2", image=("in.png", image), prompt="Add a red boat", n=2, size="256x256",
+                           response_format="b64_json")
+    outs = [read_png(base64.b64decode(d.b64_json)) for d in r.data]
+    assert len(outs) == 2 and all(o[:2] == (256, 256) for o in outs)
+    again = client.images.edit(model="dall-e-2", image=("in.png", image), prompt="Add a red boat", n=1,
+                               size="256x256", response_format="b64_json")
+    other = client.images.edit(model="dall-e-2", image=("in.png", _png(32, 32, True)), prompt="Add a red boat", n=1,
+                               size="256x256", response_format="b64_json")
+    assert again.data[0].b64_json == r.data[0].b64_json != other.data[0].b64_json
+    mask = _png(64, 64, True)
+    url = client.images.edit(image=("in.png", _png(64, 64, False)), mask=("mask.png", mask), prompt="Sky").data[0].url
+    assert read_png(_fetch(url))[:2] == (1024, 1024)
+    v = client.images.create_variation(image=("in.png", image), n=3, size="512x512", response_format="b64_json")
+    assert [read_png(base64.b64decode(d.b64_json))[:2] for d in v.data] == [(512, 512)] * 3
+
+
+def test_gpt_image_1_edit_takes_several_images(client):
+    images = [("a.png", _png(1024, 1024, False)), ("b.jpg", _jpeg_header(2048, 1024)),
+              ("c.webp", _webp_vp8x(512, 512, False))]
+    r = client.images.edit(model="gpt-image-1", image=images, prompt="Put them together", quality="low")
+    assert r.data[0].b64_json and r.usage.input_tokens_details.image_tokens == 765 + 1105 + 255
+    assert r.usage.output_tokens == 272
+    assert read_png(base64.b64decode(r.data[0].b64_json))[:2] == (1024, 1024)
+
+
+@pytest.mark.parametrize("kw, param, code", [
+    ({"image": ("in.png", b"not an image")}, "image", "invalid_image_format"),
+    ({"image": ("in.png", _png(64, 32, True))}, "image", "invalid_image_size"),  # dall-e-2: square only
+    ({"image": ("in.png", _png(64, 64, False))}, "image", "invalid_image_format"),  # no alpha, no mask
+    ({"image": ("in.jpg", _jpeg_header(64, 64))}, "image", "invalid_image_format"),  # dall-e-2: PNG only
+    ({"image": ("in.png", _png(64, 64, False)), "mask": ("m.png", _png(32, 32, True))}, "mask", "invalid_image_size"),
+    ({"image": ("in.png", _png(64, 64, False)), "mask": ("m.png", _png(64, 64, False))}, "mask",
+     "invalid_image_format"),
+    ({"image": [("a.png", _png(64, 64, True)), ("b.png", _png(64, 64, True))]}, "image", "invalid_value"),
+    ({"image": ("in.png", _png(64, 64, True)), "model": "dall-e-3"}, "model", "invalid_value"),
+    ({"image": ("in.png", _png(64, 64, True)), "size": "1792x1024"}, "size", "invalid_value"),
+])
+def test_edit_bad_input(client, kw, param, code):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.edit(prompt="x", **kw)
+    assert (e.value.body["param"], e.value.body["code"]) == (param, code)
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_variation_bad_input(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.create_variation(image=("in.png", _png(64, 64, True)), model="gpt-image-1")
+    assert e.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.create_variation(image=("in.png", _png(64, 64, True)), n=11)
+    assert e.value.body["param"] == "n"
+    out = raw_request(server.port, b"POST /v1/images/variations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                   b"application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"multipart/form-data" in out

@@ -88,6 +88,58 @@ def png(pixels: np.ndarray, level: int = 6) -> bytes:
             _chunk(b"IEND", b""))
 
 
+class Probed:
+    """What an uploaded image's header says: format ("png", "jpeg", "webp"), size, transparency."""
+
+    __slots__ = ("format", "width", "height", "alpha")
+
+    def __init__(self, fmt: str, width: int, height: int, alpha: bool):
+        self.format, self.width, self.height, self.alpha = fmt, width, height, alpha
+
+
+def probe(data: bytes) -> Probed:
+    """Read an image's format, dimensions and whether it has an alpha channel from its header (no pixel is
+    decoded: edits and variations need only these); ValueError when the bytes are no PNG, JPEG or WebP."""
+    if data[:8] == PNG_SIGNATURE:
+        if len(data) < 33 or data[12:16] != b"IHDR" or struct.unpack(">I", data[8:12])[0] != 13:
+            raise ValueError("a PNG without its IHDR header")
+        if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+            raise ValueError("a PNG whose IHDR checksum is wrong")
+        w, h, _, ctype = struct.unpack(">IIBB", data[16:26])
+        alpha = ctype in (4, 6)
+        pos = 33
+        while not alpha and pos + 8 <= len(data):  # a tRNS chunk before the pixels also makes it transparent
+            size, kind = struct.unpack(">I", data[pos:pos + 4])[0], data[pos + 4:pos + 8]
+            if kind in (b"IDAT", b"IEND"):
+                break
+            alpha = kind == b"tRNS"
+            pos += 12 + size
+        return Probed("png", w, h, alpha)
+    if data[:3] == b"\xff\xd8\xff":
+        pos = 2
+        while pos + 9 <= len(data):
+            if data[pos] != 0xFF:
+                raise ValueError("a JPEG whose markers are broken")
+            marker, size = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame: the size
+                h, w = struct.unpack(">HH", data[pos + 5:pos + 9])
+                return Probed("jpeg", w, h, False)
+            pos += 2 + size
+        raise ValueError("a JPEG without a frame header")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8X":
+            return Probed("webp", 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little"),
+                          bool(data[20] & 0x10))
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return Probed("webp", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF), bool(bits >> 28 & 1))
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return Probed("webp", w & 0x3FFF, h & 0x3FFF, False)
+    raise ValueError("not a PNG, JPEG or WebP image")
+
+
 class ImageStore:
     """id -> PNG bytes for `ttl` seconds, at most `max_bytes` in all (oldest dropped first). Thread-safe:
     images are encoded in worker threads."""
