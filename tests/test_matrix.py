@@ -18,6 +18,8 @@ import httpx
 import openai
 import pytest
 
+from fakeai.engine import images as I
+
 from conftest import ServerProc
 
 KEY = "sk-matrix-0123456789"
@@ -124,6 +126,11 @@ def exercise(url: str) -> list[str]:
         r = c.images.generate(model="dall-e-2", prompt="a red cat", size="256x256", n=2)
         assert h.get(r.data[0].url).status_code == 200
         c.images.generate(model="dall-e-3", prompt="a red cat", response_format="b64_json")
+        square = I.png(I.render("upload", 32, 32, 0, True))
+        edited = c.images.edit(image=("in.png", square), prompt="a boat", size="256x256")
+        assert h.get(edited.data[0].url).status_code == 200
+        c.images.edit(model="gpt-image-1", image=[("a.png", square), ("b.png", square)], prompt="both", quality="low")
+        c.images.create_variation(image=("in.png", square), size="256x256", response_format="b64_json")
 
     def audio():
         assert c.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.", response_format="wav",
@@ -188,7 +195,7 @@ def exercise(url: str) -> list[str]:
     return wrong
 
 
-@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks translations deprecated
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks translations and variations deprecated
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_whole_surface_under(name):
     s = ServerProc("--no-access-log", *(["--ttft-ms", "0", "--itl-ms", "0"] if name != "latency-small-cache" else []),
