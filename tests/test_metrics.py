@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -680,9 +681,16 @@ def test_cli_metrics_formats(msrv):
     assert p.returncode == 1
 
 
+def _terminal_sigint():
+    """In the child: Ctrl-C as a terminal has it. A test run started in the background of a non-interactive
+    shell inherits SIGINT ignored, and Python then leaves it ignored (the watch loop would never stop)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_metrics_watch_repeats(msrv):
     proc = subprocess.Popen([sys.executable, "-m", "fakeai", "metrics", "--url", msrv.url, "--watch", "0.2",
-                             "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=_terminal_sigint)
     time.sleep(2.0)
     proc.send_signal(2)  # Ctrl-C
     out, err = proc.communicate(timeout=10)
