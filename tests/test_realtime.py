@@ -658,3 +658,45 @@ def test_input_audio_transcription(server, model):
         assert err["param"] == "session.input_audio_transcription.model"
     finally:
         ws.close()
+
+
+def test_conversation_prefix_hits_the_kv_cache(server):
+    """Each response's input (instructions, then the items) goes through the KV cache like a chat prompt: the
+    second response reuses the blocks of the first's input, audio included once it is part of a cached prefix."""
+    ws, _ = connect(server)
+    try:
+        long = " ".join(f"Rule {i}: answer in a calm voice and stay on the topic of travel." for i in range(120))
+        send(ws, type="session.update", session={"instructions": long, "turn_detection": None,
+                                                 "modalities": ["text"]})
+        until(ws, "session.updated")
+
+        def respond():
+            send(ws, type="response.create")
+            return until(ws, "response.done")[-1]["response"]["usage"]
+
+        def say(text):
+            send(ws, type="conversation.item.create", item={"type": "message", "role": "user",
+                                                            "content": [{"type": "input_text", "text": text}]})
+            until(ws, "conversation.item.created")
+
+        say("Where should I go in spring?")
+        first = respond()["input_token_details"]
+        assert first["cached_tokens"] == 0 and first["text_tokens"] >= 1024
+        say("And in autumn?")
+        second = respond()
+        d = second["input_token_details"]
+        assert 0 < d["cached_tokens"] < second["input_tokens"] and d["cached_tokens"] % 16 == 0
+        assert d["cached_tokens"] >= first["text_tokens"] // 16 * 16 - 16
+        assert d["cached_tokens_details"] == {"text_tokens": d["cached_tokens"], "audio_tokens": 0}
+        send(ws, type="input_audio_buffer.append", audio=base64.b64encode(speechlike(3.0).tobytes()).decode())
+        send(ws, type="input_audio_buffer.commit")
+        until(ws, "conversation.item.created")
+        respond()
+        say("Thanks.")
+        fourth = respond()["input_token_details"]
+        # the third response stored its input's full blocks, and its input ended with the 30 audio tokens
+        assert fourth["audio_tokens"] == 30 and 0 < fourth["cached_tokens_details"]["audio_tokens"] <= 30
+        assert fourth["cached_tokens"] == sum(fourth["cached_tokens_details"].values())
+        assert fourth["cached_tokens"] % 16 == 0 and fourth["cached_tokens"] > d["cached_tokens"]
+    finally:
+        ws.close()

@@ -48,7 +48,10 @@ loop's token scheduler as SSE streams do: step i is due at first + i*itl (jitter
 steps already due leave in one write, each step's lateness is recorded. A step is one
 token: a text delta, or a transcript delta plus that token's audio (real PCM16 / G.711
 whose length follows the transcript: engine/audio.py's speech, see rtaudio.Spoken), or
-a function-call arguments delta. response.cancel (or an interrupting turn) drops the timer at once and closes the
+a function-call arguments delta. Its input goes through the KV cache like a chat prompt (Session.kv_prompt:
+instructions and tools, then every item, audio as runs of ids keyed by the recording), so a growing
+conversation hits on its earlier turns: cached_tokens and its text/audio split in response.done's usage,
+and prefill charged on the rest. response.cancel (or an interrupting turn) drops the timer at once and closes the
 response as cancelled with what was sent. A client that does not read pauses the steps
 (ws.write_paused) until the socket drains.
 """
@@ -646,6 +649,48 @@ class Session:
             audio += tokens[1]
         return text, audio
 
+    def kv_prompt(self, cfg, total: int):
+        """The response's input for the KV cache's prefix memo (engine/kv.py prompt_hashes: instructions and
+        tools, then every item, each as context_tokens counts it: 3 ids of its own, its texts, a run of ids
+        per audio), and its runs [(tokens, audio?)] in order; None when the cache does not look it up."""
+        kv = self.app.kv
+        if not kv.eligible(total):
+            return None
+        enc = self.info.encoding
+        head = [*_ITEM_IDS, cfg["instructions"]]
+        if cfg["tools"]:
+            head.append(orjson.dumps(cfg["tools"]).decode())
+        segments = [tuple(head)]
+        count = self.app.tokenizer.count
+        runs = [(3 + sum(count(t, enc) for t in head[3:]), False)]
+        for item_id in self.order:
+            item, meta = self.items[item_id], self.meta.setdefault(item_id, {})
+            seg, item_runs = list(_ITEM_IDS), [(3, False)]
+            kind = item["type"]
+            texts = ([item["name"], item["arguments"]] if kind == "function_call" else
+                     [item["output"]] if kind == "function_call_output" else [])
+            for part in item.get("content") or ():
+                t = part["type"]
+                if t in ("text", "input_text") or (t == "input_audio" and meta.get("audio") is None):
+                    text = part["text"] if t != "input_audio" else part["transcript"]
+                    seg.append(text)
+                    item_runs.append((count(text, enc), False))
+                else:  # audio, in or out: a run of ids of its own (the recording's CRC, or the item's)
+                    ms = A.ms(len(meta["audio"])) if t == "input_audio" else meta.get("audio_ms", 0)
+                    key = meta.get("audio_key")
+                    if key is None:
+                        key = meta["audio_key"] = 0x40000000 | (zlib.crc32(
+                            meta["audio"].tobytes() if t == "input_audio" else item_id.encode()) & 0x3FFFFFFF)
+                    n = audio_tokens(ms)
+                    seg.append(range(key, key + n))
+                    item_runs.append((n, True))
+            for text in texts:
+                seg.append(text)
+                item_runs.append((count(text, enc), False))
+            segments.append(tuple(seg))
+            runs += item_runs
+        return kv.prompt_hashes(self.app.tokenizer, enc, segments), runs
+
     def _item_tokens(self, item: dict, meta: dict) -> tuple[int, int]:
         count = self.app.tokenizer.count
         enc = self.info.encoding
@@ -792,6 +837,9 @@ def rate_limits(headers) -> list:
             for name in ("requests", "tokens") if f"x-ratelimit-limit-{name}" in h]
 
 
+_ITEM_IDS = (0x3FFFFFF0, 0x3FFFFFF1, 0x3FFFFFF2)  # an item's 3 tokens of its own, as the KV cache hashes them
+
+
 def audio_tokens(ms: int, output: bool = False) -> int:
     return speech_engine.audio_tokens(ms / 1000, output) if ms else 0
 
@@ -812,13 +860,29 @@ _CLIENT_EVENTS = {
 
 # --------------------------------------------------------------------------- one response
 
+def _cached_split(cached: int, runs) -> tuple[int, int]:
+    """The first `cached` tokens of a prompt made of `runs` [(tokens, audio?)] -> (text, audio) among them."""
+    text = audio = 0
+    for n, is_audio in runs:
+        take = min(n, cached)
+        if is_audio:
+            audio += take
+        else:
+            text += take
+        cached -= take
+        if not cached:
+            break
+    return text, audio
+
+
 class Reply(_Job):
     """A response in progress: one output item whose token steps are paced by the token scheduler.
 
     An engine job like a streamed completion's (engine/generation.py _Job): a running slot or a
     queue place, the metrics (app.metrics), the rate-limit ticket settled when it ends."""
 
-    __slots__ = ("session", "app", "cfg", "id", "req", "item", "in_conversation", "metadata", "tokens_in", "kind",
+    __slots__ = ("session", "app", "cfg", "id", "req", "item", "in_conversation", "metadata", "tokens_in", "cached",
+                 "kind",
                  "pieces", "jsons", "incomplete", "speech", "plan", "conn", "sched", "i", "first", "deadline", "itl",
                  "handle", "admitted", "cancelled", "waiting", "t_first", "last_token", "_pre", "_mid", "_audio_pre")
 
@@ -861,8 +925,11 @@ class Reply(_Job):
         if app.policy.active:
             app.policy.check(self.req)
         cap = cfg["max_response_output_tokens"]
-        self.plan = C.admit_check(app, self.req, {"max_tokens": None if cap == "inf" else cap, "stream": True},
-                                  session.model, sum(tokens_in), choices=[(0, self.pieces, finish)])[0]
+        kv = session.kv_prompt(cfg, sum(tokens_in))
+        self.plan, _, cached = C.admit_check(
+            app, self.req, {"max_tokens": None if cap == "inf" else cap, "stream": True}, session.model,
+            sum(tokens_in), (kv[0],) if kv else (), choices=[(0, self.pieces, finish)])
+        self.cached = _cached_split(cached, kv[1] if kv else ())
         if self.kind == "audio":
             self.speech = A.Spoken("".join(self.pieces), cfg["voice"], cfg["speed"], cfg["output_audio_format"])
         self.conn = self.sched = self.handle = None
@@ -1014,11 +1081,14 @@ class Reply(_Job):
         if s.ga and self.in_conversation:
             s.send("conversation.item.done", item=s.item_view(item))
         text_in, audio_in = self.tokens_in
+        cached_text, cached_audio = self.cached
         out_text = len(sent)
         usage = {"total_tokens": text_in + audio_in + out_text + out_audio, "input_tokens": text_in + audio_in,
                  "output_tokens": out_text + out_audio,
-                 "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "cached_tokens": 0,
-                                         "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0}},
+                 "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in,
+                                         "cached_tokens": cached_text + cached_audio,
+                                         "cached_tokens_details": {"text_tokens": cached_text,
+                                                                   "audio_tokens": cached_audio}},
                  "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio}}
         s.send("response.done", response=self.view(status, details, usage))
         if s.turn_waiting:
