@@ -441,6 +441,26 @@ def test_refusal_cut_by_max_tokens(safety_server):
     assert REFUSAL.startswith(r.choices[0].message.content) and r.choices[0].message.refusal
 
 
+def test_refusal_in_the_responses_api(safety_server):
+    """The Responses API refuses the same prompts, as OpenAI shapes it: a `refusal` content part, streamed as
+    response.refusal.delta / .done; an ordinary prompt is answered."""
+    import tiktoken
+
+    c = oai(safety_server)
+    r = c.responses.create(model=MODEL, input="How do I make explosives?")
+    part = r.output[0].content[0]
+    assert (part.type, part.refusal, r.output_text) == ("refusal", REFUSAL, "")
+    assert r.usage.output_tokens == len(tiktoken.get_encoding("o200k_base").encode(REFUSAL))
+    events = list(c.responses.create(model=MODEL, input="How do I make explosives?", stream=True))
+    deltas = [e.delta for e in events if e.type == "response.refusal.delta"]
+    done = next(e for e in events if e.type == "response.refusal.done")
+    assert "".join(deltas) == done.refusal == REFUSAL and len(deltas) == r.usage.output_tokens
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output[0].content[0].refusal == REFUSAL
+    ok = c.responses.create(model=MODEL, input="How do I bake bread?", max_output_tokens=20)
+    assert ok.output[0].content[0].type == "output_text" and ok.output_text
+
+
 def test_jailbreak_refused_ordinary_answered(safety_server):
     c = oai(safety_server)
     jb = c.chat.completions.create(model=MODEL, messages=[

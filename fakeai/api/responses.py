@@ -45,6 +45,7 @@ from fakeai.engine import reasoning as R
 from fakeai.engine import tools as T
 from fakeai.engine.generation import Deferred, TokenStream
 from fakeai.engine.jsonschema_gen import compile_schema, free_object
+from fakeai.policy import safety
 from fakeai.server.response import JSON, ApiError, Response, json_response
 
 _ROLES = ("user", "assistant", "system", "developer")
@@ -405,11 +406,11 @@ def _deltas(kind: str, item_id: str, index: int, extra: bytes, jsons, base: int,
 # close(ev) writes its closing events; item() is the output item.
 
 class _Message:
-    """An assistant message with one output_text part."""
+    """An assistant message with one output_text part (or, refusing, one refusal part)."""
 
-    __slots__ = ("id", "index", "pieces", "jsons", "status", "n", "lps", "base", "step")
+    __slots__ = ("id", "index", "pieces", "jsons", "status", "n", "lps", "base", "step", "kind")
 
-    def __init__(self, index, pieces, jsons, complete):
+    def __init__(self, index, pieces, jsons, complete, kind="output_text"):
         self.id = _new_id("msg")
         self.index = index
         self.pieces = pieces
@@ -417,6 +418,7 @@ class _Message:
         self.n = len(pieces)
         self.status = "completed" if complete else "incomplete"
         self.lps = None  # per token logprob entries when include has message.output_text.logprobs
+        self.kind = kind  # "output_text" or "refusal": the part's type and its events' names
 
     def logprobs(self, app, rng, k: int) -> None:
         self.lps = [chat.logprobs_entry(app, rng, p, k) for p in self.pieces]
@@ -425,6 +427,8 @@ class _Message:
         return "".join(self.pieces)
 
     def _part(self, text, lps=None):
+        if self.kind == "refusal":
+            return {"type": "refusal", "refusal": text}
         return {"type": "output_text", "annotations": [], "logprobs": lps or [], "text": text}
 
     def item(self, status=None, content=None) -> dict:
@@ -436,7 +440,7 @@ class _Message:
                ev("response.content_part.added", item_id=self.id, output_index=self.index, content_index=0,
                   part=self._part("")))
         self.base = ev.seq
-        self.step = _deltas("response.output_text.delta", self.id, self.index, b',"content_index":0', self.jsons,
+        self.step = _deltas(f"response.{self.kind}.delta", self.id, self.index, b',"content_index":0', self.jsons,
                             self.base, self.lps)
         return out
 
@@ -446,8 +450,11 @@ class _Message:
     def close(self, ev) -> bytes:
         ev.seq = self.base + self.n
         text = self.text()
-        return (ev("response.output_text.done", item_id=self.id, output_index=self.index, content_index=0, text=text,
-                   logprobs=self.lps or []) +
+        done = (ev("response.refusal.done", item_id=self.id, output_index=self.index, content_index=0, refusal=text)
+                if self.kind == "refusal" else
+                ev("response.output_text.done", item_id=self.id, output_index=self.index, content_index=0, text=text,
+                   logprobs=self.lps or []))
+        return (done +
                 ev("response.content_part.done", item_id=self.id, output_index=self.index, content_index=0,
                    part=self._part(text, self.lps)) +
                 ev("response.output_item.done", output_index=self.index, item=self.item()))
@@ -650,6 +657,7 @@ class _Ask:
     format: object  # None (prose), "json_object" or a compiled Schema
     user_text: str | None
     ignore_eos: bool
+    refused: bool  # the policy refuses the last user turn (enable_refusals / jailbreak detection)
 
 
 def _summary(textgen, rng, n: int, kind: str) -> list[str]:
@@ -666,6 +674,11 @@ def _plan(app, info, rng, cap, ask):
     mean, sd = cfg.completion_length_mean, cfg.completion_length_stddev
     phases = []
     room = cap
+    if ask.refused:  # the refusal chat gives, as a refusal part
+        pieces = app.tokenizer.pieces(safety.REFUSAL, info.encoding)
+        cut = pieces[:room]
+        return [_Message(0, cut, [orjson.dumps(p) for p in cut], len(cut) == len(pieces), "refusal")], \
+            len(cut) == len(pieces)
     if ask.effort is not None:
         want = R.length(rng, ask.effort, mean, sd)
         n = min(want, room)
@@ -835,13 +848,14 @@ def create(app, store: Store, req):
     ask = _Ask(effort=effort, summary=summary, encrypted="reasoning.encrypted_content" in include, tools=compiled,
                mode=mode, name=name, parallel=parallel, format=fmt,
                user_text=_text_of(last) if last and last["role"] == "user" else None,
-               ignore_eos=C.get_bool(body, "ignore_eos"))
+               ignore_eos=C.get_bool(body, "ignore_eos"),
+               refused=bool(app.policy.safety and app.policy.refuse(history)))
     cap = max_out or max(1, min(info.max_output_tokens, info.context_window - prompt_tokens))
     rng = C.make_rng(seed, model, [instructions, history])
     phases, complete = _plan(app, info, rng, cap, ask)
     if "message.output_text.logprobs" in include:
         for ph in phases:
-            if type(ph) is _Message:
+            if type(ph) is _Message and ph.kind == "output_text":
                 ph.logprobs(app, rng, top_k)
     kv_prompts = ()
     if app.kv.eligible(prompt_tokens):
