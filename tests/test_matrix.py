@@ -39,6 +39,10 @@ CONFIGS = {
                             "--batch-lines-per-second", "1000"],
     "workers": ["--workers", "2", "--min-tokens-for-cache", "16"],  # handoffs to worker 0, whole-server views
 }
+# the pure-Python twins of every compiled module, every policy option on, two workers (the shared rate-limit
+# table under its lockf lock)
+CONFIGS["pure-policy-workers"] = CONFIGS["policy-on"] + CONFIGS["workers"]
+ENV = {"pure-policy-workers": {"FAKEAI_NO_EXTENSIONS": "1"}}
 SYSTEM = "You are a careful assistant who explains things step by step. " * 8
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -199,7 +203,7 @@ def exercise(url: str) -> list[str]:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_whole_surface_under(name):
     s = ServerProc("--no-access-log", *(["--ttft-ms", "0", "--itl-ms", "0"] if name != "latency-small-cache" else []),
-                   *CONFIGS[name])
+                   *CONFIGS[name], env=ENV.get(name))
     try:
         if "--workers" in CONFIGS[name]:
             deadline = time.monotonic() + 20
@@ -212,3 +216,6 @@ def test_whole_surface_under(name):
     log = s.log()
     assert not wrong, "\n".join(wrong) + "\n" + log[-3000:]
     assert code == 0 and "Traceback" not in log, log[-5000:]
+    if name in ENV:  # the banner names every twin in use
+        speedups = log.split("speedups ", 1)[1].split(";", 1)[0]
+        assert "policy=pure" in speedups and "compiled" not in speedups, speedups
