@@ -39,6 +39,8 @@ class App:
             raise ConfigError(f"files_dir {config.files_dir!r} is not usable: {exc.strerror or exc}") from None
         self.server_stats = None  # set by the serving process: () -> {connections, in_flight, scheduled_timers}
         self.startup = []  # fn(loop) run by the serving process once its loop exists (batches resume)
+        # whether this process holds the files and batches (server/serve.py: all but workers 1.. with files_dir)
+        self.holds_state = True
         self.shutdown = []  # fn() run by the serving process after draining (the last metrics snapshot)
         self.metrics = build_metrics(config, self)  # may raise RuntimeError: an unusable metrics_db_path
         self.policy = Policy(self)  # may raise ConfigError (an unreadable api_keys file)

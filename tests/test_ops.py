@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -437,9 +438,73 @@ def test_workers_serve_state_from_one_place():
     assert clean_log(s.log()), s.log()
 
 
+def test_workers_with_files_dir(tmp_path):
+    """--files-dir with workers: worker 0 owns the directory. A restarted worker 0 reads it again (what was
+    written after start-up is found), a stopped one makes the other worker answer 503 + retry-after rather
+    than touch the files, and a whole restart finds everything."""
+    import openai
+
+    def serve():
+        s = ServerProc("--workers", "2", "--ttft-ms", "0", "--itl-ms", "0", "--no-access-log", "--files-dir",
+                       str(tmp_path), "--batch-lines-per-second", "1000")
+        wait_for(lambda: get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 20, s.log)
+        return s
+
+    def worker0(s):
+        return [int(m) for m in re.findall(r"worker 0 \(pid (\d+)\) serving", s.log())]
+
+    def fresh(s):
+        return openai.OpenAI(base_url=s.url + "/v1", api_key="k", max_retries=0, http_client=httpx.Client())
+
+    lines = b"".join(json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
+                                 "body": {**CHAT, "max_tokens": 3}}).encode() + b"\n" for i in range(3))
+    s = serve()
+    try:
+        f1 = fresh(s).files.create(file=("in.jsonl", lines), purpose="batch")
+        batch = fresh(s).batches.create(input_file_id=f1.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_for(lambda: fresh(s).batches.retrieve(batch.id).status == "completed", 20, s.log)
+        f2 = fresh(s).files.create(file=("later.txt", b"after start-up"), purpose="assistants")
+        first = worker0(s)[-1]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(worker0(s)) == 2 and get_json(s.url + "/health")["server"]["workers"]["up"] == 2, 30,
+                 s.log)
+        for _ in range(6):  # the new worker 0 is a fork of the supervisor: it read the directory again
+            assert fresh(s).files.content(f2.id).content == b"after start-up"
+            assert fresh(s).batches.retrieve(batch.id).status == "completed"
+        second = worker0(s)[-1]
+        os.kill(second, signal.SIGSTOP)  # worker 0 cannot take connections: the other worker must not serve files
+        try:
+            codes = set()
+            for _ in range(12):
+                try:
+                    r = httpx.get(s.url + f"/v1/files/{f1.id}", timeout=3)
+                    codes.add(r.status_code)
+                    if r.status_code == 503:
+                        assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "service_unavailable"
+                except httpx.TimeoutException:
+                    codes.add("timeout")  # landed on the stopped worker 0
+                if 503 in codes:
+                    break
+            assert 503 in codes and codes <= {503, "timeout"}, codes
+        finally:
+            os.kill(second, signal.SIGCONT)
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.log(), s.log()
+    s = serve()
+    try:
+        for _ in range(6):
+            assert fresh(s).files.content(f1.id).content == lines
+            assert fresh(s).batches.retrieve(batch.id).status == "completed"
+    finally:
+        assert s.stop() == 0
+
+
 def test_workers_refuse_state_they_cannot_share(tmp_path):
-    r = run_fail("--workers", "2", "--files-dir", str(tmp_path))
-    assert r.returncode == 2 and "files_dir needs workers = 1" in r.stderr
+    r = run_fail("--workers", "2", "--files-dir", str(tmp_path), "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem")
+    assert r.returncode == 2 and "files_dir with workers > 1 needs plain TCP" in r.stderr
+    r = run_fail("--workers", "2", "--metrics-persistence-enabled", "--metrics-db-path", str(tmp_path / "m.db"))
+    assert r.returncode == 2 and "metrics_persistence_enabled needs workers = 1" in r.stderr
     r = run_fail("--workers", "0")
     assert r.returncode == 2 and "workers" in r.stderr
     r = run_fail("--port", str(free_port()), env={"WEB_CONCURRENCY": "lots"})

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 
 import orjson
 
-from fakeai.api import listing
+from fakeai.api import common as C, listing
 from fakeai.engine.generation import now_ns
 from fakeai.server.response import ApiError, Response, Stream, error_response, json_response
 from fakeai.server.router import Request
@@ -173,10 +174,17 @@ class Batches:
         self.app = app
         self.store = BatchStore(app.config.files_dir)
         self.records: dict[str, dict] = {r["id"]: r for r in self.store.load()}
+        self.loaded_by = os.getpid()
         self.runs: dict[str, _Run] = {}
 
     def start(self, loop) -> None:
-        """The serving loop is up: resume the batches a previous process left unfinished."""
+        """The serving loop is up: in the process that holds the state, read the records again if another
+        process loaded them (a forked worker 0), then resume the batches left unfinished."""
+        if not self.app.holds_state:
+            return
+        if self.store.persistent and self.loaded_by != os.getpid():
+            self.records = {r["id"]: r for r in self.store.load()}
+            self.loaded_by = os.getpid()
         for rec in self.records.values():
             if rec["status"] in UNFINISHED:
                 log.info("resuming batch %s (%s)", rec["id"], rec["status"])
@@ -471,7 +479,7 @@ def register(app):
     app.batches = b = Batches(app)
     app.startup.append(b.start)
     for prefix in ("/v1", ""):
-        app.router.add("POST", prefix + "/batches", b.create)
-        app.router.add("GET", prefix + "/batches", b.list_batches)
-        app.router.add("GET", prefix + "/batches/{batch_id}", b.retrieve)
-        app.router.add("POST", prefix + "/batches/{batch_id}/cancel", b.cancel)
+        app.router.add("POST", prefix + "/batches", C.where_state_lives(app, b.create))
+        app.router.add("GET", prefix + "/batches", C.where_state_lives(app, b.list_batches))
+        app.router.add("GET", prefix + "/batches/{batch_id}", C.where_state_lives(app, b.retrieve))
+        app.router.add("POST", prefix + "/batches/{batch_id}/cancel", C.where_state_lives(app, b.cancel))

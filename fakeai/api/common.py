@@ -301,6 +301,19 @@ def audio_disabled(param) -> ApiError:
                     code="audio_disabled")
 
 
+def where_state_lives(app, handler):
+    """A files or batches handler that only the process holding that state runs (server/worker.py: with
+    files_dir and workers, worker 0; the others hand it their connections). Where a handoff could not be made
+    (worker 0 restarting), a 503 the client retries, never a second writer of the directory."""
+    def guarded(req):
+        if not app.holds_state:
+            raise ApiError(503, "The files and batches store is in another worker, which is restarting; retry "
+                                "shortly.", "server_error", code="service_unavailable",
+                           headers=[(b"retry-after", b"1")])
+        return handler(req)
+    return guarded
+
+
 def get_voice(cfg, body, name, param):
     """A voice field: required as OpenAI requires it, unless the server's default_voice was set explicitly."""
     voice = body.get(name)

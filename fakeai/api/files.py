@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fakeai.api import listing
+from fakeai.api import common as C, listing
 from fakeai.server.multipart import parse_form
 from fakeai.server.response import ApiError, Response, json_response
 from fakeai.store.files import PURPOSES
@@ -108,9 +108,9 @@ def content(app, req):
 
 
 def register(app):
+    app.startup.append(lambda loop: app.files.reopen() if app.holds_state else None)
     for prefix in ("/v1", ""):
-        app.router.add("POST", prefix + "/files", lambda req: create(app, req))
-        app.router.add("GET", prefix + "/files", lambda req: list_files(app, req))
-        app.router.add("GET", prefix + "/files/{file_id}", lambda req: retrieve(app, req))
-        app.router.add("DELETE", prefix + "/files/{file_id}", lambda req: delete(app, req))
-        app.router.add("GET", prefix + "/files/{file_id}/content", lambda req: content(app, req))
+        for method, path, handler in (("POST", "/files", create), ("GET", "/files", list_files),
+                                      ("GET", "/files/{file_id}", retrieve), ("DELETE", "/files/{file_id}", delete),
+                                      ("GET", "/files/{file_id}/content", content)):
+            app.router.add(method, prefix + path, C.where_state_lives(app, lambda req, h=handler: h(app, req)))

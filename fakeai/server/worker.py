@@ -30,7 +30,11 @@ without closing the TCP stream, and worker 0 adopts it as if it had accepted
 it, reading those bytes first. No request is re-encoded or proxied: uploads,
 streams and keep-alive work as on any connection, and the connection stays
 with worker 0. Without a handoff (TLS connections, whose session cannot
-move; worker 0 down or restarting) the request is served where it landed.
+move; worker 0 down or restarting) the request is served where it landed,
+except files and batches under files_dir: only worker 0 touches that
+directory (server/serve.py sets app.holds_state), the others answer 503 +
+retry-after (api/common.py where_state_lives); a restarted worker 0 reads
+the directory again (it is a fork of the supervisor's App, loaded at start).
 """
 from __future__ import annotations
 

@@ -37,9 +37,19 @@ class FileStore:
         self._meta: dict[str, dict] = {}
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._loaded_by = os.getpid()
         if self.dir:
             os.makedirs(self.dir, exist_ok=True)
             self._load()
+
+    def reopen(self) -> None:
+        """In the process that serves the store: read the directory again if another process loaded it (a worker
+        forked from the supervisor, maybe long after start-up: the files written since are on disk only)."""
+        if self.dir and self._loaded_by != os.getpid():
+            with self._lock:
+                self._meta.clear()
+                self._loaded_by = os.getpid()
+                self._load()
 
     @property
     def persistent(self) -> bool:
