@@ -17,7 +17,8 @@ import uvloop
 from fakeai import _speedups
 
 MS = 1_000_000
-LATE_NS = 50 * MS          # "fired, and not more than 50 ms late"
+LATE_NS = 250 * MS         # "fired, and not grossly late": a scheduling hiccup of a shared CI machine stays below,
+                           # a missed re-arm (the next timer 300 ms on) does not
 
 
 class _NoReaderLoop(asyncio.SelectorEventLoop):
