@@ -651,68 +651,68 @@ class Session:
 
     def kv_prompt(self, cfg, total: int):
         """The response's input for the KV cache's prefix memo (engine/kv.py prompt_hashes: instructions and
-        tools, then every item, each as context_tokens counts it: 3 ids of its own, its texts, a run of ids
-        per audio), and its runs [(tokens, audio?)] in order; None when the cache does not look it up."""
+        tools, then every item as context_tokens counts it: 3 ids of its own, its texts, a run of ids per audio,
+        keyed by the recording or, for assistant audio, the item), and its runs [(tokens, audio?)] in order;
+        None when the cache does not look it up."""
         kv = self.app.kv
         if not kv.eligible(total):
             return None
         enc = self.info.encoding
-        head = [*_ITEM_IDS, cfg["instructions"]]
-        if cfg["tools"]:
-            head.append(orjson.dumps(cfg["tools"]).decode())
-        segments = [tuple(head)]
         count = self.app.tokenizer.count
-        runs = [(3 + sum(count(t, enc) for t in head[3:]), False)]
+        head = [cfg["instructions"]] + ([orjson.dumps(cfg["tools"]).decode()] if cfg["tools"] else [])
+        segments = [(*_ITEM_IDS, *head)]
+        runs = [(3 + sum(count(t, enc) for t in head), False)]
         for item_id in self.order:
-            item, meta = self.items[item_id], self.meta.setdefault(item_id, {})
-            seg, item_runs = list(_ITEM_IDS), [(3, False)]
-            kind = item["type"]
-            texts = ([item["name"], item["arguments"]] if kind == "function_call" else
-                     [item["output"]] if kind == "function_call_output" else [])
-            for part in item.get("content") or ():
-                t = part["type"]
-                if t in ("text", "input_text") or (t == "input_audio" and meta.get("audio") is None):
-                    text = part["text"] if t != "input_audio" else part["transcript"]
-                    seg.append(text)
-                    item_runs.append((count(text, enc), False))
-                else:  # audio, in or out: a run of ids of its own (the recording's CRC, or the item's)
-                    ms = A.ms(len(meta["audio"])) if t == "input_audio" else meta.get("audio_ms", 0)
+            meta = self.meta.setdefault(item_id, {})
+            seg, runs_of_item = list(_ITEM_IDS), [(3, False)]
+            for part in self._item_parts(self.items[item_id], meta):
+                if type(part) is str:
+                    seg.append(part)
+                    runs_of_item.append((count(part, enc), False))
+                else:
+                    n, recorded = part
                     key = meta.get("audio_key")
                     if key is None:
                         key = meta["audio_key"] = 0x40000000 | (zlib.crc32(
-                            meta["audio"].tobytes() if t == "input_audio" else item_id.encode()) & 0x3FFFFFFF)
-                    n = audio_tokens(ms)
+                            meta["audio"].tobytes() if recorded else item_id.encode()) & 0x3FFFFFFF)
                     seg.append(range(key, key + n))
-                    item_runs.append((n, True))
-            for text in texts:
-                seg.append(text)
-                item_runs.append((count(text, enc), False))
+                    runs_of_item.append((n, True))
             segments.append(tuple(seg))
-            runs += item_runs
+            runs += runs_of_item
         return kv.prompt_hashes(self.app.tokenizer, enc, segments), runs
 
     def _item_tokens(self, item: dict, meta: dict) -> tuple[int, int]:
         count = self.app.tokenizer.count
         enc = self.info.encoding
-        text = 3
-        audio = 0
+        text, audio = 3, 0
+        for part in self._item_parts(item, meta):
+            if type(part) is str:
+                text += count(part, enc)
+            else:
+                audio += part[0]
+        return text, audio
+
+    @staticmethod
+    def _item_parts(item: dict, meta: dict) -> list:
+        """What the model reads of an item after its 3 tokens of its own: texts (str) and audio ((tokens, True
+        for a recording the client sent / False for the assistant's speech))."""
         kind = item["type"]
         if kind == "function_call":
-            text += count(item["name"], enc) + count(item["arguments"], enc)
-        elif kind == "function_call_output":
-            text += count(item["output"], enc)
-        else:
-            for part in item["content"]:
-                t = part["type"]
-                if t in ("text", "input_text"):
-                    text += count(part["text"], enc)
-                elif t == "input_audio" and meta.get("audio") is not None:
-                    audio += audio_tokens(A.ms(len(meta["audio"])))
-                elif t == "input_audio":
-                    text += count(part["transcript"], enc)
-                else:  # assistant audio
-                    audio += audio_tokens(meta.get("audio_ms", 0))
-        return text, audio
+            return [item["name"], item["arguments"]]
+        if kind == "function_call_output":
+            return [item["output"]]
+        out = []
+        for part in item["content"]:
+            t = part["type"]
+            if t in ("text", "input_text"):
+                out.append(part["text"])
+            elif t == "input_audio" and meta.get("audio") is not None:
+                out.append((audio_tokens(A.ms(len(meta["audio"]))), True))
+            elif t == "input_audio":
+                out.append(part["transcript"])
+            else:  # assistant audio
+                out.append((audio_tokens(meta.get("audio_ms", 0)), False))
+        return out
 
     # -- input audio and the VAD
     def _set_vad(self) -> None:
