@@ -22,8 +22,9 @@ State: files, batches, stored responses and generated images live in one
 process, worker 0; so do the simulated GPUs of /dcgm/* (their power,
 temperature and energy integrate over time: one state, or a counter would
 go back between scrapes answered by different workers), which read the
-whole server's load through the View like /metrics. Another worker that parses the head of a request for one
-of them (STATEFUL paths) hands the whole connection over: the socket's file
+whole server's load through the View like /metrics. Another worker that
+parses the head of a request for one of them (STATEFUL paths) hands the
+whole connection over: the socket's file
 descriptor and the bytes read so far go to worker 0 over
 `<rundir>/state.sock` (SCM_RIGHTS), this worker forgets the connection
 without closing the TCP stream, and worker 0 adopts it as if it had accepted
@@ -46,7 +47,6 @@ import socket
 import struct
 
 from fakeai.api import health as health_api, kvcache as kv_api, metrics as metrics_api
-from fakeai.api.kvcache import clear_caches
 from fakeai.metrics import cluster
 from fakeai.server.http import HttpProtocol
 from fakeai.server.response import json_response
@@ -196,7 +196,7 @@ class Worker:
     async def clear(self, req):
         """The KV clear endpoints: every worker's simulated cache (aiperf resets it between runs)."""
         everything = req.path == "/admin/clear-cache"
-        n = clear_caches(self.server.app, everything)
+        n = kv_api.clear_caches(self.server.app, everything)
         n += sum(d for d in await self._ask_peers(CLEAR_ALL if everything else CLEAR_KV) if type(d) is int)
         return kv_api.cleared(req.path, n)
 
@@ -261,7 +261,7 @@ class _Publish(asyncio.Protocol):
         if word == FIGURES:
             answer = self.worker.dump()
         elif word in (CLEAR_KV, CLEAR_ALL):
-            answer = clear_caches(app, word == CLEAR_ALL)
+            answer = kv_api.clear_caches(app, word == CLEAR_ALL)
         else:
             answer = None
         transport.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
