@@ -160,7 +160,8 @@ OPTIONS: tuple[Option, ...] = (
        group="audio"),
     _o("default_audio_format", "str", "wav",
        "Container of /v1/audio/speech when the request names none (OpenAI's default, mp3, needs a codec this "
-       "server does not include).", choices=("wav", "pcm", "flac"), group="audio"),
+       "server does not include: mp3, opus and aac, as the guides write them, are accepted and answered as wav, "
+       "with a warning at start-up).", choices=("wav", "pcm", "flac", "mp3", "opus", "aac"), group="audio"),
     _o("image_url_ttl_seconds", "float", 3600.0,
        "Seconds a generated image stays downloadable at its /images/{id}.png URL (OpenAI: 1 hour).",
        min=1, max=86400 * 30, group="images"),
@@ -498,6 +499,23 @@ def load_env(environ=None) -> dict[str, str]:
         v = environ.get(ENV_PREFIX + o.name.upper())
         if v is not None:
             out[o.name] = v
+    return out
+
+
+CODECS_MISSING = ("mp3", "opus", "aac")  # audio containers that need a codec this server does not include
+
+
+def audio_format(cfg) -> str:
+    """The container of speech whose request names none: default_audio_format, or wav for one we cannot make."""
+    return "wav" if cfg.default_audio_format in CODECS_MISSING else cfg.default_audio_format
+
+
+def warnings(cfg, environ=None) -> list[str]:
+    """What start-up says about the configuration: unknown FAKEAI_* variables, settings served otherwise."""
+    out = unknown_env(environ)
+    if cfg.default_audio_format in CODECS_MISSING:
+        out.append(f"default_audio_format {cfg.default_audio_format!r} needs a codec this server does not include: "
+                   f"speech requests that name no format get wav")
     return out
 
 

@@ -186,3 +186,20 @@ def test_unknown_env_warned_in_the_server_log():
 def test_voices_match_the_engine():
     from fakeai.engine.audio import VOICES
     assert C.VOICES == tuple(VOICES)
+
+
+def test_guides_default_audio_format_mp3_is_served_as_wav():
+    """The guides export FAKEAI_DEFAULT_AUDIO_FORMAT=mp3: accepted, said once at start-up, answered as wav."""
+    import httpx
+
+    from conftest import ServerProc
+    s = ServerProc("--no-access-log", "--ttft-ms", "0", env={"FAKEAI_DEFAULT_AUDIO_FORMAT": "mp3"})
+    try:
+        r = httpx.post(s.url + "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hello."})
+        assert r.status_code == 200 and r.content[:4] == b"RIFF" and r.headers["content-type"] == "audio/wav"
+        r = httpx.post(s.url + "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": "Hello.",
+                                                         "response_format": "mp3"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    finally:
+        assert s.stop() == 0
+    assert "default_audio_format 'mp3' needs a codec this server does not include" in s.log()

@@ -24,6 +24,7 @@ import zlib
 import orjson
 
 from fakeai.api import common as C
+from fakeai.config import audio_format
 from fakeai.engine import audio as A
 from fakeai.engine.generation import TokenStream, _Job, now_ns, sse_error
 from fakeai.engine.textgen import PARAGRAPH
@@ -120,7 +121,7 @@ def speech(app, req):
                             f"{MAX_INPUT_CHARS}, but got a string with length {len(text)} instead.",
                        param="input", code="string_above_max_length")
     voice = C.get_voice(app.config, body, "voice", "voice")
-    fmt = C.get_choice(body, "response_format", SPEECH_FORMATS, app.config.default_audio_format)
+    fmt = C.get_choice(body, "response_format", SPEECH_FORMATS, audio_format(app.config))
     try:
         fmt = A.check_format(fmt)
     except A.UnsupportedFormat as exc:

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from fakeai.config import CODECS_MISSING
+
 SAMPLE_RATE = 24000  # OpenAI's speech output rate
 WORDS_PER_MINUTE = 150  # at speed 1.0
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -38,7 +40,7 @@ VOICES = {"alloy": 175, "ash": 118, "ballad": 128, "coral": 212, "echo": 108, "f
 
 CONTENT_TYPES = {"wav": b"audio/wav", "pcm": b"audio/pcm", "flac": b"audio/flac"}
 ALIASES = {"pcm16": "pcm"}  # chat's name for raw PCM
-UNSUPPORTED = ("mp3", "opus", "aac")
+UNSUPPORTED = CODECS_MISSING  # mp3, opus, aac
 
 FLAC_BLOCK = 4096  # samples per FLAC frame
 STREAM_BLOCK = 6 * FLAC_BLOCK  # samples per streamed piece (~1 s at 24 kHz); a multiple of FLAC_BLOCK

@@ -164,7 +164,7 @@ def run(cfg, app_factory, rebuild) -> int:
     except OSError as exc:
         sys.stderr.write(f"fakeai: cannot open log file {cfg.log_file!r}: {exc.strerror or exc}\n")
         return 1
-    for warning in config.unknown_env():
+    for warning in config.warnings(cfg):
         log.warning("%s", warning)
     if cfg.workers > 1:
         from fakeai.server import supervisor
