@@ -59,14 +59,14 @@ OPTIONS: tuple[Option, ...] = (
     _o("max_header_size", "int", 65536, "Largest request head (request line + headers) in bytes (larger: 431).",
        min=1024, max=1 << 24, group="limits"),
     _o("keepalive_timeout", "float", 75.0, "Seconds an idle keep-alive connection is kept open.",
-       min=0.1, max=86400, group="limits"),
+       min=0.1, max=86400, flags=("--timeout-keep-alive",), group="limits"),  # uvicorn's name, in the guide
     _o("header_read_timeout", "float", 30.0, "Seconds a client has to send a complete request head (slowloris guard).",
        min=0.1, max=3600, group="limits"),
     _o("max_connections", "int", 10000, "Open connections at most; beyond, new ones get 503 and are closed.",
        min=1, max=10_000_000, group="limits"),
     _o("backlog", "int", 2048, "Listen backlog.", min=1, max=65535),
     _o("shutdown_timeout", "float", 10.0, "Seconds in-flight requests get to finish on SIGTERM/SIGINT.",
-       min=0, max=3600),
+       min=0, max=3600, flags=("--timeout-graceful-shutdown",)),  # uvicorn's name, in the operations guide
     # --- timing
     _o("ttft_ms", "float", 20.0, "Time to first token in milliseconds.", min=0, max=3_600_000,
        flags=("--ttft",), group="timing"),

@@ -63,6 +63,8 @@ def test_bool_flags_and_aliases():
     assert (cfg["access_log"], cfg["ttft_ms"], cfg["itl_ms"], cfg["random_delay"]) == (False, 3.0, 4.0, True)
     cfg = effective(env={"FAKEAI_ACCESS_LOG": "off", "FAKEAI_DEBUG": "yes"})
     assert (cfg["access_log"], cfg["debug"]) == (False, True)
+    cfg = effective("--timeout-keep-alive", "60", "--timeout-graceful-shutdown", "30")  # the guide's uvicorn names
+    assert (cfg["keepalive_timeout"], cfg["shutdown_timeout"]) == (60.0, 30.0)
 
 
 @pytest.mark.parametrize("args,env,needle", [
