@@ -5,7 +5,7 @@ adds its routes; handlers reach shared engine state through `app`.
 """
 from __future__ import annotations
 
-from fakeai.api import (audio, batches, chat, completions, embeddings, files, health, images, kvcache, metrics,
+from fakeai.api import (audio, batches, chat, completions, docs, embeddings, files, health, images, kvcache, metrics,
                         models, moderations, rankings, realtime, responses)
 from fakeai.config import ConfigError
 from fakeai.engine.catalog import Catalog
@@ -47,5 +47,5 @@ class App:
         self.startup.append(self.metrics.start)
         self.shutdown.append(self.metrics.stop)
         for module in (health, models, chat, completions, kvcache, audio, embeddings, rankings, files, batches,
-                       realtime, images, responses, metrics, moderations):
+                       realtime, images, responses, metrics, moderations, docs):
             module.register(self)

@@ -129,3 +129,23 @@ def test_unexpected_exception_is_500_and_logged(caplog):
     assert t.out.count(b"HTTP/1.1 200") == 1 and not t.closed
     assert any("abc" in r.getMessage() for r in caplog.records)
     Srv.loop.close()
+
+
+def test_docs_and_openapi_list_what_is_served(server):
+    """/docs (the page the migration guide points at) and /openapi.json come from the router itself: every
+    path listed answers (no 404), and the chat, realtime and model routes are there."""
+    import httpx
+
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<code>/v1/chat/completions</code>" in page.text and "/openapi.json" in page.text
+    doc = httpx.get(server.url + "/openapi.json").json()
+    assert doc["openapi"] == "3.1.0" and doc["info"]["title"] == "fakeai"
+    paths = doc["paths"]
+    assert "post" in paths["/v1/chat/completions"] and "WebSocket" in paths["/v1/realtime"]["get"]["description"]
+    assert paths["/v1/models/{model_id}"]["get"]["parameters"][0]["name"] == "model_id"
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for path, ops in paths.items():
+        if "get" in ops and "{" not in path and "WebSocket" not in ops["get"].get("description", ""):
+            assert httpx.get(server.url + path, timeout=10).status_code != 404, path

@@ -107,6 +107,13 @@ class Router:
         self._patterns.append((re.compile(regex), {method: handler}))
         self._templates[regex] = path
 
+    def routes(self) -> list[tuple[str, list[str], bool]]:
+        """Every route as registered: (path, its methods, whether it also upgrades to a WebSocket), by path."""
+        out = {path: list(methods) for path, methods in self._exact.items()}
+        for pat, methods in self._patterns:
+            out[self._templates[pat.pattern]] = list(methods)
+        return sorted((path, sorted(methods), path in self.ws) for path, methods in out.items())
+
     def template(self, path: str) -> str | None:
         """The route serving `path` as registered (`/v1/models/{model:path}` for parameter paths), or None:
         a bounded label for metrics."""
