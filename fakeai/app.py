@@ -41,6 +41,7 @@ class App:
         self.startup = []  # fn(loop) run by the serving process once its loop exists (batches resume)
         # whether this process holds the files and batches (server/serve.py: all but workers 1.. with files_dir)
         self.holds_state = True
+        self.worker_index = None  # this process's worker index (server/serve.py), None for the only process
         self.shutdown = []  # fn() run by the serving process after draining (the last metrics snapshot)
         self.metrics = build_metrics(config, self)  # may raise RuntimeError: an unusable metrics_db_path
         self.policy = Policy(self)  # may raise ConfigError (an unreadable api_keys file)

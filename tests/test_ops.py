@@ -503,8 +503,6 @@ def test_workers_with_files_dir(tmp_path):
 def test_workers_refuse_state_they_cannot_share(tmp_path):
     r = run_fail("--workers", "2", "--files-dir", str(tmp_path), "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem")
     assert r.returncode == 2 and "files_dir with workers > 1 needs plain TCP" in r.stderr
-    r = run_fail("--workers", "2", "--metrics-persistence-enabled", "--metrics-db-path", str(tmp_path / "m.db"))
-    assert r.returncode == 2 and "metrics_persistence_enabled needs workers = 1" in r.stderr
     r = run_fail("--workers", "0")
     assert r.returncode == 2 and "workers" in r.stderr
     r = run_fail("--port", str(free_port()), env={"WEB_CONCURRENCY": "lots"})

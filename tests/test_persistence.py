@@ -165,3 +165,52 @@ def test_unusable_database_is_a_clear_startup_error(tmp_path, kind):
     err = p.stderr
     assert "metrics_db_path" in err and str(db) in err and "Traceback" not in err
     assert "listening" not in err  # refused before binding
+
+
+def test_workers_persist_the_whole_server(tmp_path):
+    """--workers 2: every worker saves its own state; a restart (with 2 workers, then 1, then 1 again) continues
+    from the whole server's counters, never counting a request twice."""
+    db = tmp_path / "metrics.db"
+
+    def up(*extra):
+        s = _server(db, "--metrics-persistence-interval", "0.2", *extra)
+        if extra:
+            deadline = time.monotonic() + 20
+            while httpx.get(s.url + "/health").json()["server"]["workers"]["up"] < 2:
+                assert time.monotonic() < deadline, s.log()
+                time.sleep(0.05)
+        return s
+
+    def fresh_chats(url, n):  # a connection each: both workers serve some
+        for _ in range(n):
+            httpx.post(url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": MSG, "max_tokens": 3,
+                                                           "ignore_eos": True}).raise_for_status()
+
+    def count(url):
+        return httpx.get(url + "/metrics").json()["requests"]["/v1/chat/completions"]["count"]
+
+    s = up("--workers", "2")
+    try:
+        fresh_chats(s.url, 20)
+        assert count(s.url) == 20
+    finally:
+        assert s.stop() == 0, s.log()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM metrics_worker_state").fetchone()[0] == 2
+        assert {w for (w,) in con.execute("SELECT DISTINCT worker FROM metrics")} == {0, 1}
+    s = up("--workers", "2")
+    try:
+        assert count(s.url) == 20
+        fresh_chats(s.url, 5)
+        assert count(s.url) == 25
+        assert httpx.get(s.url + "/metrics").json()["tokens"]["completion"] == 75
+    finally:
+        assert s.stop() == 0, s.log()
+    for _ in range(2):  # one process: the workers' states summed once, then kept as the single state
+        s = up()
+        try:
+            assert count(s.url) == 25
+        finally:
+            assert s.stop() == 0, s.log()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM metrics_worker_state").fetchone()[0] == 0

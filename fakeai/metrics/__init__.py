@@ -5,8 +5,12 @@
 with its persisted counters restored when persistence is on, or a NullMetrics
 when `metrics_enabled` is false (then nothing is recorded, persisted or
 logged). With `workers` > 1 each process records its own figures and /metrics
-sums them (cluster.py); persistence is then refused at start-up
-(server/supervisor.py check, exit 2).
+sums them (cluster.py). Persistence with workers: each worker keeps its own
+state row (metrics_worker_state) and history rows (column `worker`), over its
+own SQLite connection opened once forked (a connection must not cross a fork);
+at start-up the supervisor sums every saved state into worker 0's row, so a
+restart with any worker count continues from the whole server's counters, and
+a worker that is forked again continues from its own last snapshot.
 """
 from __future__ import annotations
 
@@ -21,8 +25,19 @@ def build(config, app):
         from fakeai.metrics.persistence import Store
         store = Store(config.metrics_db_path)  # raises PersistenceError (a RuntimeError): exit 1 before binding
     metrics = Metrics(config, app, store)
-    if store is not None:
-        state = store.load()
-        if state:
-            metrics.restore(state)
+    if store is None:
+        return metrics
+    states = store.load_all()
+    if config.workers > 1:
+        whole = Metrics(config, app, None)  # the saved states summed, for worker 0 to continue from
+        for state in states:
+            whole.restore(state)
+        store.consolidate(whole.state(), 0)
+        store.release()
+        metrics.store, metrics.db_path = None, config.metrics_db_path
+        return metrics
+    for state in states:
+        metrics.restore(state)
+    if len(states) > 1:  # saved by workers: one state from now on
+        store.consolidate(metrics.state(), None)
     return metrics

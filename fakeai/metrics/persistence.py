@@ -12,7 +12,11 @@ compares with it) and the single row of `metrics_state` replaced. WAL with
 synchronous=NORMAL makes a committed snapshot survive the process being
 killed (kill -9 loses at most the interval in progress). At start-up the
 counters continue from `metrics_state`; at shutdown a last snapshot is
-written. Windowed figures (rates, percentiles) start afresh.
+written. Windowed figures (rates, percentiles) start afresh. With workers
+(fakeai/metrics/__init__.py) each worker writes its own state row in
+`metrics_worker_state` and its history rows with `worker` set; the states
+are summed into one row at start-up (`consolidate`), in whichever table the
+next run's process count needs, so nothing is counted twice.
 """
 from __future__ import annotations
 
@@ -47,11 +51,17 @@ CREATE TABLE IF NOT EXISTS metrics_state (
     timestamp TEXT NOT NULL,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS metrics_worker_state (
+    worker INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    state TEXT NOT NULL
+);
 """
 _INSERT = ("INSERT INTO metrics (timestamp, uptime, requests_total, errors_total, prompt_tokens, completion_tokens, "
-           "requests_per_second, tokens_per_second, active_streams, running, waiting, kv_cache_hit_rate) "
-           "VALUES (datetime('now'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "requests_per_second, tokens_per_second, active_streams, running, waiting, kv_cache_hit_rate, worker) "
+           "VALUES (datetime('now'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _STATE = "INSERT OR REPLACE INTO metrics_state (id, timestamp, state) VALUES (1, datetime('now'), ?)"
+_WORKER_STATE = "INSERT OR REPLACE INTO metrics_worker_state (worker, timestamp, state) VALUES (?, datetime('now'), ?)"
 
 
 class PersistenceError(RuntimeError):
@@ -63,8 +73,9 @@ def _fail(path: str, why: str) -> PersistenceError:
 
 
 class Store:
-    def __init__(self, path: str):
+    def __init__(self, path: str, worker: int | None = None):
         self.path = path
+        self.worker = worker  # with workers: this process's index, its state kept in metrics_worker_state
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
@@ -85,6 +96,8 @@ class Store:
             if check != "ok":
                 raise _fail(path, f"the database is damaged ({check})")
             db.executescript(SCHEMA)
+            if "worker" not in {row[1] for row in db.execute("PRAGMA table_info(metrics)")}:
+                db.execute("ALTER TABLE metrics ADD COLUMN worker INTEGER")  # NULL: the only process
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
         except sqlite3.DatabaseError as exc:
@@ -99,21 +112,44 @@ class Store:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="fakeai-metrics-db")
         self.pending = None
 
-    def load(self) -> dict | None:
-        row = self.db.execute("SELECT state FROM metrics_state WHERE id = 1").fetchone()
-        if row is None:
-            return None
+    def _states(self, sql: str, *args) -> list[dict]:
         try:
-            return orjson.loads(row[0])
+            return [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
         except orjson.JSONDecodeError:
             raise _fail(self.path, "the saved metrics state does not parse") from None
+
+    def load_all(self) -> list[dict]:
+        """Every saved state: the single process's, and each worker's (a server run with --workers)."""
+        return (self._states("SELECT state FROM metrics_state WHERE id = 1") +
+                self._states("SELECT state FROM metrics_worker_state ORDER BY worker"))
+
+    def load_own(self) -> dict | None:
+        """This worker's saved state."""
+        found = self._states("SELECT state FROM metrics_worker_state WHERE worker = ?", self.worker)
+        return found[0] if found else None
+
+    def consolidate(self, state: dict, worker: int | None) -> None:
+        """Replace every saved state by one: the single process's (worker None) or worker `worker`'s. At
+        start-up, when the saved states are summed into one place (a change of worker count keeps the sum)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM metrics_worker_state")
+        db.execute("DELETE FROM metrics_state")
+        if worker is None:
+            db.execute(_STATE, (orjson.dumps(state).decode(),))
+        else:
+            db.execute(_WORKER_STATE, (worker, orjson.dumps(state).decode()))
+        db.execute("COMMIT")
 
     def _write(self, row: tuple, state: bytes) -> None:
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(_INSERT, row)
-            db.execute(_STATE, (state.decode(),))
+            db.execute(_INSERT, (*row, self.worker))
+            if self.worker is None:
+                db.execute(_STATE, (state.decode(),))
+            else:
+                db.execute(_WORKER_STATE, (self.worker, state.decode()))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -130,4 +166,9 @@ class Store:
         """The last snapshot, written before returning."""
         self.pool.shutdown(wait=True)
         self._write(row, orjson.dumps(state))
+        self.db.close()
+
+    def release(self) -> None:
+        """Close without writing (the supervisor, before it forks workers that open their own connections)."""
+        self.pool.shutdown(wait=True)
         self.db.close()

@@ -202,6 +202,7 @@ class Metrics:
         self.config = config
         self.app = app
         self.store = store  # persistence.Store or None
+        self.db_path = None  # with workers: each opens the database itself once forked (start)
         self._loop = None
         self._timers: dict = {}
         self._log_state: dict = {}
@@ -660,9 +661,16 @@ class Metrics:
 
     # ------------------------------------------------------------------ timers: stats line, persistence
     def start(self, loop) -> None:
-        """Called once the server listens: the periodic stats line and snapshots."""
+        """Called once the server listens: the periodic stats line and snapshots (a worker first opens the
+        database and continues from its own saved state)."""
         self._loop = loop
         cfg = self.config
+        if self.db_path is not None:
+            from fakeai.metrics.persistence import Store
+            self.store = Store(self.db_path, self.app.worker_index)
+            own = self.store.load_own()
+            if own:
+                self.restore(own)
         if cfg.metrics_log_interval:
             self._every("log", cfg.metrics_log_interval, self._log_tick)
         if self.store is not None:

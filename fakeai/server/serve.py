@@ -202,6 +202,7 @@ def serve(cfg, app, socks, tls, notifier, rebuild, worker=None) -> int:
     asyncio.set_event_loop(loop)
     server = Server(cfg, app, loop)
     app.holds_state = worker is None or worker.index == 0 or not cfg.files_dir  # worker 0 owns the directory
+    app.worker_index = None if worker is None else worker.index
     for hook in app.startup:
         hook(loop)
     listeners = [loop.run_until_complete(loop.create_server(lambda: HttpProtocol(server), sock=sock,

@@ -60,9 +60,6 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 def check(cfg) -> None:
     """Options that cannot work with several processes (raises ConfigError). files_dir works: worker 0 owns
     it (server/worker.py), as long as every connection can be handed to worker 0, i.e. without TLS."""
-    if cfg.metrics_persistence_enabled:
-        raise ConfigError("metrics_persistence_enabled needs workers = 1 (every worker would write the same "
-                          "database)")
     if cfg.files_dir and (cfg.ssl_certfile or cfg.ssl_keyfile):
         raise ConfigError("files_dir with workers > 1 needs plain TCP: worker 0 holds the files and batches, and "
                           "TLS connections cannot be handed over to it")
