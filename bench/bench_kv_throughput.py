@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .inproc import connection, cpu_us, lua_body, post
 from .servers import Server, free_port
-from .wrkrun import find_wrk, interleaved
+from .wrkrun import find_wrk, interleaved, wrk_options
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"off": {"kv_cache_enabled": False}, "on": {"min_tokens_for_cache": 1}}
@@ -91,9 +91,7 @@ def throughput(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
+    wrk_options(ap)
     ap.add_argument("--iterations", type=int, default=3000, help="in process: requests a run")
     ap.add_argument("--instances", type=int, default=3, help="in process: apps a configuration")
     ap.add_argument("--only", choices=("throughput", "path"))

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .bench_kv_throughput import REPO, server  # a pinned zero-latency server, started and healthy
-from .wrkrun import find_wrk, interleaved
+from .wrkrun import find_wrk, interleaved, wrk_options
 
 
 def throughput(a) -> None:
@@ -97,9 +97,7 @@ def render_time(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
+    wrk_options(ap)
     ap.add_argument("--models", type=int, default=50)
     ap.add_argument("--renders", type=int, default=200)
     ap.add_argument("--only", choices=("throughput", "render"))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .bench_metrics import server
 from .inproc import connection, cpu_us, post
-from .wrkrun import find_wrk, interleaved
+from .wrkrun import find_wrk, interleaved, wrk_options
 
 KEY = "sk-bench-0000000000000000"  # the key bench/wrk/*.lua send
 CONFIGS = {
@@ -88,9 +88,7 @@ def path_time(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=64)
+    wrk_options(ap)
     ap.add_argument("--iterations", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--only", choices=("throughput", "path"))

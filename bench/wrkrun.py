@@ -149,6 +149,13 @@ def run_wrk(
     return res
 
 
+def wrk_options(ap, rounds: int = 3) -> None:
+    """The options of the benches whose throughput part runs interleaved wrk rounds (`interleaved`)."""
+    ap.add_argument("--duration", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--connections", type=int, default=64)
+
+
 def interleaved(wrk: str, servers: dict, cases: list, rounds: int, connections: int, duration: float,
                 label: str) -> tuple[dict, dict]:
     """wrk against each (server name, script) case in turn, `rounds` times, so machine noise hits every case
